@@ -1,0 +1,55 @@
+"""Shared fixtures for pytest-mps's own tests."""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+# Imported once, here, before any `pytester` fixture snapshots sys.modules: pytester removes modules
+# first imported during a test, and torch's C extension cannot be imported a second time.
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+FIXTURES = REPO / "fixtures"
+
+
+@pytest.fixture
+def fake_mac(monkeypatch: pytest.MonkeyPatch) -> Callable[..., None]:
+    """Make detection see an Apple-silicon Mac whose torch reports MPS, through small fakes of the
+    facts it reads (platform, sysctl, ``torch.backends.mps``); the detection code itself runs for real.
+    """
+
+    def install(
+        *,
+        macos: str = "14.5",
+        memory_gb: int = 32,
+        rosetta: bool = False,
+        arm64: bool = True,
+        built: bool = True,
+        available: bool = True,
+    ) -> None:
+        import pytest_mps.environment as environment
+
+        sysctl = {
+            "hw.memsize": str(memory_gb * 1024**3),
+            "sysctl.proc_translated": "1" if rosetta else "0",
+            "hw.optional.arm64": "1" if arm64 else None,
+        }
+        monkeypatch.setattr(platform, "system", lambda: "Darwin")
+        monkeypatch.setattr(platform, "mac_ver", lambda: (macos, ("", "", ""), "arm64"))
+        monkeypatch.setattr(platform, "machine", lambda: "x86_64" if (rosetta or not arm64) else "arm64")
+        monkeypatch.setattr(environment, "_sysctl", sysctl.get)
+        monkeypatch.setattr(torch.backends.mps, "is_built", lambda: built)
+        monkeypatch.setattr(torch.backends.mps, "is_available", lambda: available)
+
+    return install
+
+
+@pytest.fixture(autouse=True)
+def _lean_inner_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Inner pytest runs (pytester) skip Hypothesis's plugin: pytester's sys.modules snapshot makes it
+    re-import on every in-process run (1.5 s each), and no inner run here uses it."""
+    monkeypatch.setenv("PYTEST_ADDOPTS", "-p no:hypothesispytest")
