@@ -18,21 +18,60 @@ _EXPORTS: dict[str, str] = {
     "TargetError": "pytest_mps.target",
     "resolve_target": "pytest_mps.target",
     "PytestMPSWarning": "pytest_mps.warnings",
+    "TrainingModeWarning": "pytest_mps.warnings",
+    "default_inputs": "pytest_mps.inputs",
+    "CheckResult": "pytest_mps.results",
+    "Comparison": "pytest_mps.metrics",
+    "Tolerance": "pytest_mps.tolerances",
+    "PipelineLoadError": "pytest_mps.pipelines",
+    "load_pipeline": "pytest_mps.pipelines",
+    "assert_cpu_parity": "pytest_mps.checks",
+    "assert_batch_consistency": "pytest_mps.checks",
+    "assert_attention_slicing_parity": "pytest_mps.checks",
+    "assert_deterministic": "pytest_mps.checks",
+    "assert_float16_parity": "pytest_mps.checks",
+    "assert_schedulers_compatible": "pytest_mps.checks",
 }
 
 __all__ = [
+    "CheckResult",
+    "Comparison",
     "MPSEnvironment",
+    "PipelineLoadError",
     "PytestMPSWarning",
     "Target",
     "TargetError",
+    "Tolerance",
+    "TrainingModeWarning",
+    "assert_attention_slicing_parity",
+    "assert_batch_consistency",
+    "assert_cpu_parity",
+    "assert_deterministic",
+    "assert_float16_parity",
+    "assert_schedulers_compatible",
+    "default_inputs",
     "detect_environment",
+    "load_pipeline",
     "resolve_target",
 ]
 
 if TYPE_CHECKING:
+    from pytest_mps.checks import (
+        assert_attention_slicing_parity,
+        assert_batch_consistency,
+        assert_cpu_parity,
+        assert_deterministic,
+        assert_float16_parity,
+        assert_schedulers_compatible,
+    )
     from pytest_mps.environment import MPSEnvironment, detect_environment
+    from pytest_mps.inputs import default_inputs
+    from pytest_mps.metrics import Comparison
+    from pytest_mps.pipelines import PipelineLoadError, load_pipeline
+    from pytest_mps.results import CheckResult
     from pytest_mps.target import Target, TargetError, resolve_target
-    from pytest_mps.warnings import PytestMPSWarning
+    from pytest_mps.tolerances import Tolerance
+    from pytest_mps.warnings import PytestMPSWarning, TrainingModeWarning
 
 
 def __getattr__(name: str) -> Any:

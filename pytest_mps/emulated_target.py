@@ -2,9 +2,42 @@
 
 from __future__ import annotations
 
-__all__ = ["emulation_unavailable_reason"]
+import contextlib
+from typing import Any
+
+__all__ = ["emulation_active", "emulation_unavailable_reason"]
 
 
 def emulation_unavailable_reason() -> str | None:
     """Why ``--mps-device emulated`` cannot be used yet, or None when it can."""
     return "the emulated target is not available in this release yet; use --mps-device cpu or cuda"
+
+
+def emulation_active() -> bool:
+    """True while the emulated MPS target is active in this process."""
+    import sys
+
+    emulation = sys.modules.get("pytest_mps.emulation")
+    is_active = getattr(emulation, "is_active", None)
+    return bool(is_active and is_active())
+
+
+def cpu_arithmetic() -> contextlib.AbstractContextManager[None]:
+    """A context in which code runs as plain CPU code: the emulation, if active, is suspended (so a
+    CPU reference takes the CPU branches, as on a machine without MPS)."""
+    import sys
+
+    emulation = sys.modules.get("pytest_mps.emulation")
+    suspended = getattr(emulation, "suspended", None)
+    if suspended is not None and emulation_active():
+        return suspended()
+    return contextlib.nullcontext()
+
+
+def audit_hazards(pipe: Any, inputs: dict[str, Any]) -> list[str]:
+    """Run the emulated-MPS hazard audit on ``pipe`` with ``inputs`` and return one line per finding
+    of severity ``abort`` or ``error`` (empty when MPS would run it)."""
+    from pytest_mps.audit import audit
+
+    report = audit(pipe, inputs)
+    return [finding.message for finding in report.findings if finding.severity in ("abort", "error")]

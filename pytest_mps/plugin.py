@@ -11,9 +11,10 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from pytest_mps.context import CheckContext, using_context
 from pytest_mps.environment import MPSEnvironment, detect_environment
 from pytest_mps.gating import decide
-from pytest_mps.markers import MARKER_LINES, MarkerError, Parsed, parse_marker
+from pytest_mps.markers import MARKER_LINES, MarkerError, MpsTolerance, Parsed, parse_marker
 from pytest_mps.target import (
     ENV_VARIABLE,
     TARGET_CHOICES,
@@ -25,6 +26,10 @@ from pytest_mps.target import (
 
 if TYPE_CHECKING:
     import torch
+
+    from pytest_mps.pipelines import PipelineCache
+    from pytest_mps.references import ReferenceCache
+    from pytest_mps.results import CheckResult
 
 __all__ = ["MPSSession", "session_of"]
 
@@ -38,6 +43,36 @@ class MPSSession:
         self.requested = requested_from(config.getoption("mps_device"), config.getini("mps_device"))
         self._target: Target | None = None
         self._environment: MPSEnvironment | None = None
+        self.ini_tolerance = _ini_tolerance(config)
+        self.results: list[CheckResult] = []
+        self._pipelines: PipelineCache | None = None
+        self._references: ReferenceCache | None = None
+
+    @property
+    def pipelines(self) -> PipelineCache:
+        """Pipelines loaded by ``mps_pipeline``, shared across the session."""
+        if self._pipelines is None:
+            from pytest_mps.pipelines import PipelineCache
+
+            self._pipelines = PipelineCache()
+        return self._pipelines
+
+    @property
+    def references(self) -> ReferenceCache:
+        """CPU references shared by the session's checks."""
+        if self._references is None:
+            from pytest_mps.references import ReferenceCache
+
+            self._references = ReferenceCache()
+        return self._references
+
+    def record(self, item: pytest.Item | None, result: CheckResult) -> None:
+        """Keep a check's result for the session table and put its figures in the test's report
+        properties (JUnit XML, pytest-xdist)."""
+        self.results.append(result)
+        if item is not None:
+            for name, value in _result_properties(result):
+                item.user_properties.append((name, value))
 
     def validate(self) -> None:
         """Reject bad target names at once; resolve explicit targets eagerly so their errors are
@@ -75,6 +110,40 @@ class MPSSession:
         return None
 
 
+def _ini_tolerance(config: pytest.Config) -> dict[str, float]:
+    from pytest_mps.tolerances import INI_KEYS
+
+    values = {}
+    for key, name in INI_KEYS.items():
+        raw = str(config.getini(key) or "").strip()
+        if not raw:
+            continue
+        try:
+            value = float(raw)
+        except ValueError:
+            raise pytest.UsageError(f"ini {key} = {raw!r} is not a number; write e.g. {key} = 1e-3") from None
+        if value < 0:
+            raise pytest.UsageError(f"ini {key} = {raw!r} must not be negative")
+        values[name] = value
+    return values
+
+
+def _result_properties(result: CheckResult) -> list[tuple[str, object]]:
+    import json
+
+    prefix = f"mps:{result.check}"
+    props: list[tuple[str, object]] = [
+        (f"{prefix}:outcome", result.outcome),
+        (f"{prefix}:target", result.target),
+    ]
+    for label, comparison in result.comparisons.items():
+        tag = label.replace(" ", "_")
+        props.append((f"{prefix}:{tag}:max_abs", comparison.max_abs))
+        props.append((f"{prefix}:{tag}:cosine_distance", comparison.cosine_distance))
+    props.append(("pytest_mps_result", json.dumps(result.to_dict(), default=str)))
+    return props
+
+
 _SESSION_KEY = pytest.StashKey[MPSSession]()
 _PARSED_KEY = pytest.StashKey[tuple[Parsed, ...]]()
 
@@ -98,13 +167,16 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         ),
     )
     parser.addini("mps_device", "default target device for --mps-device", default="")
+    parser.addini("mps_atol", "default absolute tolerance of the parity checks", default="")
+    parser.addini("mps_rtol", "default relative tolerance of the parity checks", default="")
+    parser.addini("mps_max_cosine_distance", "default cosine-distance limit of the parity checks", default="")
 
 
 def pytest_configure(config: pytest.Config) -> None:
     for line in MARKER_LINES.values():
         config.addinivalue_line("markers", line)
-    session = MPSSession(config)
     try:
+        session = MPSSession(config)
         session.validate()
     except TargetError as exc:
         raise pytest.UsageError(str(exc)) from None
@@ -193,3 +265,96 @@ def mps_device(mps_target: Target) -> Iterator[torch.device]:
     if not mps_target.available:
         pytest.skip(f"needs an MPS target: {mps_target.reason}")
     yield mps_target.torch_device()
+
+
+def _context_for(item: pytest.Item) -> CheckContext:
+    session = session_of(item.config)
+    parsed = item.stash.get(_PARSED_KEY, ())
+    marker = next((m.values for m in parsed if isinstance(m, MpsTolerance)), {})
+    return CheckContext(
+        target=session.target,
+        marker_tolerance=marker,
+        ini_tolerance=session.ini_tolerance,
+        references=session.references,
+        record=lambda result: session.record(item, result),
+        nodeid=item.nodeid,
+    )
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Any:
+    """Checks called by the test see its target, tolerances and the session's references."""
+    with using_context(lambda: _context_for(item)):
+        return (yield)
+
+
+_SLICING_CHOICES = ("auto", "on", "off")
+
+
+@pytest.fixture
+def mps_pipeline(request: pytest.FixtureRequest, mps_target: Target) -> Iterator[Any]:
+    """A factory: ``mps_pipeline(source, *, pipeline_cls=None, torch_dtype=None,
+    attention_slicing="auto", warmup="auto", **from_pretrained_kwargs)`` returns the pipeline on the
+    target, in eval mode, without progress bars.
+
+    ``source`` is a local pipeline folder, a hub id already in the local cache, a ``DiffusionPipeline``
+    or a zero-argument callable. ``attention_slicing="auto"`` enables slicing on real MPS with under
+    64 GB of memory and ``warmup="auto"`` runs a 1-step pass on torch < 2.0 with real MPS (the Diffusers
+    MPS guide's advice); both take "on"/"off". Loading happens once per session for the same
+    arguments; each test gets the pipeline restored to its loaded state, and a test that changes its
+    weights (dtype, device) makes the next one load afresh. Teardown frees target memory.
+    """
+    session = session_of(request.config)
+    used: list[Any] = []
+
+    def factory(
+        source: Any,
+        *,
+        pipeline_cls: Any = None,
+        torch_dtype: Any = None,
+        attention_slicing: str = "auto",
+        warmup: str = "auto",
+        **from_pretrained_kwargs: Any,
+    ) -> Any:
+        from pytest_mps.fixture_pipeline import build_key, load_for_target
+
+        if not mps_target.available:
+            pytest.skip(f"needs an MPS target: {mps_target.reason}")
+        for name, value in (("attention_slicing", attention_slicing), ("warmup", warmup)):
+            if value not in _SLICING_CHOICES:
+                raise ValueError(
+                    f"mps_pipeline({name}={value!r}): choose one of {', '.join(_SLICING_CHOICES)}"
+                )
+        key = build_key(source, pipeline_cls, torch_dtype, attention_slicing, warmup, from_pretrained_kwargs)
+        pipe = session.pipelines.checkout(
+            key,
+            lambda: load_for_target(
+                source,
+                target=mps_target,
+                environment=session.environment,
+                pipeline_cls=pipeline_cls,
+                torch_dtype=torch_dtype,
+                attention_slicing=attention_slicing,
+                warmup=warmup,
+                **from_pretrained_kwargs,
+            ),
+        )
+        used.append(key)
+        return pipe
+
+    yield factory
+    for key in used:
+        session.pipelines.checkin(key)
+    if used:
+        mps_target.empty_cache()
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    session = config.stash.get(_SESSION_KEY, None)
+    if session is None or not session.results:
+        return
+    from pytest_mps.summary import summary_lines
+
+    terminalreporter.section("pytest-mps")
+    for line in summary_lines(session.results, session.target):
+        terminalreporter.write_line(line)

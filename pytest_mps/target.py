@@ -113,11 +113,11 @@ class Target:
 
     def empty_cache(self) -> None:
         """Return cached device memory to the system (``torch.mps.empty_cache`` and its peers)."""
-        import gc
-
-        gc.collect()
         backend = self._backend()
         if backend is not None and hasattr(backend, "empty_cache"):
+            import gc
+
+            gc.collect()  # drop unreachable tensors first, or their blocks stay cached
             backend.empty_cache()
 
     def reset_peak_memory(self) -> None:

@@ -1,0 +1,85 @@
+"""What a check needs to know about the test that runs it: the target, the tolerances set by marker
+and ini, the shared CPU references, and where to record its result.
+
+The plugin sets a :class:`CheckContext` around each test; a check called outside pytest gets one
+derived from the pipeline's device.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from pytest_mps.target import Target
+
+if TYPE_CHECKING:
+    from pytest_mps.references import ReferenceCache
+    from pytest_mps.results import CheckResult
+
+__all__ = ["CheckContext", "current_context", "using_context"]
+
+
+@dataclass
+class CheckContext:
+    """Per-test settings and sinks for the checks."""
+
+    target: Target
+    marker_tolerance: Mapping[str, float] = field(default_factory=dict)
+    ini_tolerance: Mapping[str, float] = field(default_factory=dict)
+    references: ReferenceCache | None = None
+    record: Callable[[CheckResult], None] | None = None
+    nodeid: str | None = None
+
+
+class _Lazy:
+    """Builds the context on first use: resolving the target may import torch, which a test that
+    calls no check must not pay for."""
+
+    def __init__(self, make: Callable[[], CheckContext]) -> None:
+        self._make = make
+        self._value: CheckContext | None = None
+
+    def get(self) -> CheckContext:
+        if self._value is None:
+            self._value = self._make()
+        return self._value
+
+
+_CURRENT: contextvars.ContextVar[_Lazy | None] = contextvars.ContextVar("pytest_mps_check", default=None)
+
+
+@contextlib.contextmanager
+def using_context(context: CheckContext | Callable[[], CheckContext]) -> Iterator[None]:
+    """Make ``context`` (or the context a zero-argument callable builds on first use) the one checks
+    see inside the ``with`` block."""
+    lazy = _Lazy(context if callable(context) else (lambda: context))
+    token = _CURRENT.set(lazy)
+    try:
+        yield
+    finally:
+        _CURRENT.reset(token)
+
+
+def _target_from_device(device: Any) -> Target:
+    kind = getattr(device, "type", str(device))
+    if kind == "mps":
+        from pytest_mps.emulated_target import emulation_active
+
+        return Target("emulated" if emulation_active() else "mps", "inferred")
+    if kind in ("cuda", "xpu", "cpu"):
+        return Target(kind, "inferred")
+    return Target("none", "inferred", f"unsupported device {kind!r}")
+
+
+def current_context(pipe: Any = None) -> CheckContext:
+    """The running test's context, or one inferred from ``pipe``'s device outside pytest."""
+    lazy = _CURRENT.get()
+    if lazy is not None:
+        return lazy.get()
+    device = getattr(pipe, "device", "cpu")
+    from pytest_mps.references import shared_cache
+
+    return CheckContext(target=_target_from_device(device), references=shared_cache())

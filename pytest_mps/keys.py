@@ -1,0 +1,123 @@
+"""Fingerprints of what decides a pipeline's output: its weights, configs and scheduler, and the
+inputs of a call. They key the CPU references, in memory and on disk."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import weakref
+from typing import Any
+
+__all__ = ["inputs_fingerprint", "pipeline_fingerprint", "weights_digest"]
+
+# module -> (state version, digest): hashing the weights of a real model costs a second, once.
+_DIGESTS: weakref.WeakKeyDictionary[Any, tuple[tuple[Any, ...], str]] = weakref.WeakKeyDictionary()
+
+
+def _state_version(module: Any) -> tuple[Any, ...]:
+    # torch bumps a tensor's version counter on every in-place change; dtype/shape cover conversions.
+    return tuple(
+        (name, str(t.dtype), tuple(t.shape), t._version)
+        for name, t in list(module.named_parameters()) + list(module.named_buffers())
+    )
+
+
+def _module_digest(module: Any) -> str:
+    import torch
+
+    from pytest_mps.devices import plain_cpu
+
+    version = _state_version(module)
+    cached = _DIGESTS.get(module)
+    if cached is not None and cached[0] == version:
+        return cached[1]
+    h = hashlib.blake2b(digest_size=16)
+    for name, tensor in list(module.named_parameters()) + list(module.named_buffers()):
+        data = plain_cpu(tensor.detach().to("cpu")).contiguous()
+        h.update(f"{name}|{data.dtype}|{tuple(data.shape)}|".encode())
+        h.update(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"")
+    digest = h.hexdigest()
+    _DIGESTS[module] = (version, digest)
+    return digest
+
+
+def weights_digest(pipe: Any) -> str:
+    """A content hash of every module's weights (recomputed only when they change)."""
+    import torch
+
+    h = hashlib.blake2b(digest_size=16)
+    for name, component in sorted(getattr(pipe, "components", {}).items()):
+        if isinstance(component, torch.nn.Module):
+            h.update(f"{name}={_module_digest(component)};".encode())
+    return h.hexdigest()
+
+
+def _jsonable(value: Any) -> Any:
+    import torch
+
+    if isinstance(value, torch.Generator):
+        state = value.get_state().numpy().tobytes()
+        return {"generator": value.device.type, "state": hashlib.blake2b(state, digest_size=16).hexdigest()}
+    if isinstance(value, torch.Tensor):
+        from pytest_mps.devices import plain_cpu
+
+        data = plain_cpu(value.detach().to("cpu")).contiguous()
+        return {
+            "tensor": str(data.dtype),
+            "shape": list(data.shape),
+            "sha": hashlib.blake2b(data.view(torch.uint8).numpy().tobytes(), digest_size=16).hexdigest(),
+        }
+    if type(value).__module__.startswith("PIL."):
+        return {
+            "image": value.mode,
+            "size": list(value.size),
+            "sha": hashlib.blake2b(value.tobytes(), digest_size=16).hexdigest(),
+        }
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in sorted(value.items())}
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return repr(value)
+
+
+def inputs_fingerprint(inputs: dict[str, Any]) -> str:
+    """A stable hash of call arguments (generator states, prompts, images, sizes...)."""
+    text = json.dumps(_jsonable(inputs), sort_keys=True)
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+
+def _config_dict(component: Any) -> Any:
+    config = getattr(component, "config", None)
+    if config is None:
+        return None
+    if hasattr(config, "to_dict"):
+        config = config.to_dict()
+    return _jsonable(dict(config)) if isinstance(config, dict) else repr(config)
+
+
+def pipeline_description(pipe: Any) -> dict[str, Any]:
+    """Class, component classes and configs, dtype, and a weights digest: what decides the output."""
+    import torch
+
+    components = {}
+    for name, component in sorted(getattr(pipe, "components", {}).items()):
+        if component is None:
+            continue
+        entry: dict[str, Any] = {"class": type(component).__name__}
+        if isinstance(component, torch.nn.Module) or name == "scheduler":
+            entry["config"] = _config_dict(component)
+        if isinstance(component, torch.nn.Module):
+            first = next(component.parameters(), None)
+            entry["dtype"] = str(first.dtype) if first is not None else None
+        components[name] = entry
+    return {"class": type(pipe).__name__, "components": components, "weights": weights_digest(pipe)}
+
+
+def pipeline_fingerprint(pipe: Any) -> str:
+    """A stable hash of :func:`pipeline_description`."""
+    text = json.dumps(pipeline_description(pipe), sort_keys=True, default=repr)
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()

@@ -1,0 +1,250 @@
+"""Loading pipelines safely, and sharing one load per session without sharing state between tests.
+
+Safety: weights load from safetensors only. A folder whose weights exist only as pickled ``.bin``
+files is refused unless the caller opts in, since unpickling runs arbitrary code.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["PipelineCache", "PipelineLoadError", "load_pipeline", "prepare_pipeline"]
+
+_PICKLED_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+
+
+class PipelineLoadError(ValueError):
+    """A pipeline source cannot be loaded; the message is one line: the cause and a fix hint."""
+
+
+def _check_folder(path: Path, *, allow_pickle: bool) -> None:
+    if not path.exists():
+        raise PipelineLoadError(f"pipeline folder {path} does not exist; check the path")
+    if not path.is_dir():
+        raise PipelineLoadError(
+            f"{path} is a file, not a pipeline folder; pass the folder holding model_index.json"
+        )
+    if not (path / "model_index.json").is_file():
+        raise PipelineLoadError(
+            f"{path} is not a Diffusers pipeline folder (no model_index.json); save one with "
+            "pipe.save_pretrained(folder)"
+        )
+    weights = [p for p in path.rglob("*") if p.is_file()]
+    safe = [p for p in weights if p.suffix == ".safetensors"]
+    pickled = [p for p in weights if p.suffix in _PICKLED_SUFFIXES]
+    if pickled and not allow_pickle:
+        components_with_only_pickle = sorted({p.parent.name for p in pickled} - {p.parent.name for p in safe})
+        if components_with_only_pickle:
+            raise PipelineLoadError(
+                f"{path}: weights of {', '.join(components_with_only_pickle)} exist only as pickled files "
+                f"({', '.join(sorted({p.name for p in pickled}))}); refusing to unpickle them "
+                "(it can run code). "
+                "Convert them to safetensors, or opt in with allow_pickle=True (--mps-allow-pickle)"
+            )
+
+
+def _describe_load_error(source: str, exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    lowered = text.lower()
+    if "safetensor" in lowered or "header" in lowered or "deserializ" in lowered:
+        return (
+            f"{source}: a safetensors file is corrupt or truncated ({type(exc).__name__}: {text}); "
+            "re-save or re-download the pipeline"
+        )
+    return f"{source}: could not load the pipeline ({type(exc).__name__}: {text})"
+
+
+def load_pipeline(
+    source: Any,
+    *,
+    pipeline_cls: Any = None,
+    torch_dtype: Any = None,
+    allow_download: bool = False,
+    allow_pickle: bool = False,
+    **from_pretrained_kwargs: Any,
+) -> Any:
+    """Load ``source`` into a Diffusers pipeline on the CPU.
+
+    Args:
+        source: a local pipeline folder, a hub id already in the local cache, a ``DiffusionPipeline``,
+            or a zero-argument callable returning one.
+        pipeline_cls: the class to load with (default: ``DiffusionPipeline``, which reads
+            ``model_index.json``).
+        torch_dtype: dtype to load the weights in.
+        allow_download: let a hub id download (tests never download unless this is set).
+        allow_pickle: accept pickled ``.bin`` weights (unpickling can run code).
+    """
+    import diffusers
+
+    if isinstance(source, diffusers.DiffusionPipeline):
+        return source
+    if callable(source) and not isinstance(source, str | os.PathLike):
+        pipe = source()
+        if not isinstance(pipe, diffusers.DiffusionPipeline):
+            raise PipelineLoadError(
+                f"the pipeline factory {getattr(source, '__name__', source)!r} returned "
+                f"{type(pipe).__name__}, not a DiffusionPipeline"
+            )
+        return pipe
+    cls = pipeline_cls or diffusers.DiffusionPipeline
+    kwargs = dict(from_pretrained_kwargs)
+    if torch_dtype is not None:
+        kwargs["torch_dtype"] = torch_dtype
+    text = os.fspath(source)
+    path = Path(text).expanduser()
+    is_hub_id = (
+        not path.exists()
+        and text.count("/") == 1
+        and not text.startswith((".", "/", "~"))
+        and not text.endswith("/")
+    )
+    if not is_hub_id:
+        _check_folder(path, allow_pickle=allow_pickle)
+        kwargs.setdefault("use_safetensors", not allow_pickle)
+        try:
+            return cls.from_pretrained(str(path), local_files_only=True, **kwargs)
+        except Exception as exc:
+            raise PipelineLoadError(_describe_load_error(str(path), exc)) from exc
+    kwargs.setdefault("use_safetensors", not allow_pickle)
+    try:
+        return cls.from_pretrained(str(source), local_files_only=not allow_download, **kwargs)
+    except Exception as exc:
+        if not allow_download:
+            raise PipelineLoadError(
+                f"{source!r} is neither a folder nor a hub id in the local cache ({type(exc).__name__}); "
+                "tests never download: fetch it once outside the tests, or pass allow_download=True"
+            ) from exc
+        raise PipelineLoadError(_describe_load_error(str(source), exc)) from exc
+
+
+def prepare_pipeline(pipe: Any) -> Any:
+    """Eval mode for every module (dropout and label dropping draw from the device RNG otherwise), and
+    no progress bars."""
+    import torch
+
+    for component in pipe.components.values():
+        if isinstance(component, torch.nn.Module):
+            component.eval()
+    if hasattr(pipe, "set_progress_bar_config"):
+        pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+# --- per-test isolation ---------------------------------------------------------------------------
+
+_MODULE_SLOTS_NOT_RESTORED = ("_parameters", "_buffers")
+
+
+def _module_state(pipe: Any) -> list[tuple[Any, dict[str, Any]]]:
+    """A shallow copy of every submodule's attributes (processors, slicing/tiling flags, hooks,
+    children), one level of dicts and lists deep."""
+    import torch
+
+    state = []
+    for component in pipe.components.values():
+        if isinstance(component, torch.nn.Module):
+            for module in component.modules():
+                attrs = {
+                    k: (copy.copy(v) if isinstance(v, dict | list) else v)
+                    for k, v in vars(module).items()
+                    if k not in _MODULE_SLOTS_NOT_RESTORED
+                }
+                state.append((module, attrs))
+    return state
+
+
+def _restore_module_state(state: list[tuple[Any, dict[str, Any]]]) -> None:
+    for module, attrs in state:
+        for key in [k for k in vars(module) if k not in attrs and k not in _MODULE_SLOTS_NOT_RESTORED]:
+            delattr(module, key)
+        for key, value in attrs.items():
+            setattr(module, key, copy.copy(value) if isinstance(value, dict | list) else value)
+
+
+def weights_state(pipe: Any) -> tuple[Any, ...]:
+    """Names, dtypes, devices, shapes and version counters of every tensor: changes when a test
+    converts, moves or edits the weights in place."""
+    import torch
+
+    out = []
+    for name, component in sorted(pipe.components.items()):
+        if isinstance(component, torch.nn.Module):
+            for key, t in list(component.named_parameters()) + list(component.named_buffers()):
+                out.append((name, key, str(t.dtype), str(t.device), tuple(t.shape), t._version))
+    return tuple(out)
+
+
+@dataclass
+class _Entry:
+    pipe: Any
+    module_state: list[tuple[Any, dict[str, Any]]]
+    pipe_state: dict[str, Any]
+    scheduler_config: Any
+    scheduler_cls: Any
+    weights: tuple[Any, ...]
+
+
+@dataclass
+class PipelineCache:
+    """Session-wide cache of loaded pipelines, keyed by their loading arguments.
+
+    :meth:`checkout` hands a test the cached pipeline restored to its state at load time (module
+    attributes, attention processors, a fresh scheduler, pipeline attributes); :meth:`checkin`
+    drops the entry when the test changed its weights (dtype, device, in-place edits), so the next
+    test loads again rather than inherit them.
+    """
+
+    entries: dict[Any, _Entry] = field(default_factory=dict)
+    loads: int = 0
+    evictions: int = 0
+
+    def checkout(self, key: Any, load: Callable[[], Any]) -> Any:
+        """The pipeline for ``key``, loading it on first use."""
+        entry = self.entries.get(key)
+        if entry is None:
+            pipe = load()
+            self.loads += 1
+            entry = _Entry(
+                pipe=pipe,
+                module_state=_module_state(pipe),
+                pipe_state={
+                    k: (copy.copy(v) if isinstance(v, dict | list) else v) for k, v in vars(pipe).items()
+                },
+                scheduler_config=copy.deepcopy(dict(pipe.scheduler.config))
+                if hasattr(pipe, "scheduler")
+                else None,
+                scheduler_cls=type(pipe.scheduler) if hasattr(pipe, "scheduler") else None,
+                weights=weights_state(pipe),
+            )
+            self.entries[key] = entry
+            return pipe
+        pipe = entry.pipe
+        _restore_module_state(entry.module_state)
+        for k in [k for k in vars(pipe) if k not in entry.pipe_state]:
+            delattr(pipe, k)
+        for k, v in entry.pipe_state.items():
+            object.__setattr__(pipe, k, copy.copy(v) if isinstance(v, dict | list) else v)
+        if entry.scheduler_cls is not None:
+            pipe.scheduler = entry.scheduler_cls.from_config(entry.scheduler_config)
+        return pipe
+
+    def checkin(self, key: Any) -> bool:
+        """After a test: keep the entry if its weights are as loaded; drop it otherwise. Returns
+        whether it was kept."""
+        entry = self.entries.get(key)
+        if entry is None:
+            return False
+        if weights_state(entry.pipe) != entry.weights:
+            del self.entries[key]
+            self.evictions += 1
+            return False
+        return True
+
+    def clear(self) -> None:
+        """Forget every pipeline."""
+        self.entries.clear()

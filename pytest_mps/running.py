@@ -1,0 +1,158 @@
+"""Running a pipeline for a check: outputs as arrays, timing that waits for the device, and moving a
+pipeline to another device or dtype and back without losing a bit of its weights."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from pytest_mps.inputs import fresh_inputs
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+    from pytest_mps.target import Target
+
+__all__ = ["Run", "moved", "output_array", "pipeline_device", "run_pipeline", "training_modules"]
+
+
+@dataclass(frozen=True)
+class Run:
+    """One pipeline call: its output as a float32 array, the output's own dtype, and its wall time
+    (device synchronised)."""
+
+    array: np.ndarray
+    seconds: float
+    dtype: str = "float32"
+
+
+def output_array(output: Any) -> np.ndarray:
+    """The images (or frames, or audio) of a pipeline output as a numpy array of its own float dtype
+    (float32 when it came as PIL images)."""
+    import numpy as np
+    import torch
+
+    value = output
+    for attr in ("images", "frames", "audios", "videos"):
+        if hasattr(output, attr):
+            value = getattr(output, attr)
+            break
+    else:
+        if isinstance(output, tuple | list) and output and not _is_image(output[0]):
+            value = output[0]
+    if isinstance(value, torch.Tensor):
+        from pytest_mps.devices import plain_cpu
+
+        value = plain_cpu(value.detach().to("cpu"))
+        if value.dtype == torch.bfloat16:
+            value = value.float()
+        return value.numpy()
+    if isinstance(value, list) and value and _is_image(value[0]):
+        return np.stack([np.asarray(im, dtype=np.float32) / 255.0 for im in value])
+    array = np.asarray(value)
+    return array if array.dtype.kind == "f" else array.astype(np.float32)
+
+
+def _is_image(value: Any) -> bool:
+    return type(value).__module__.startswith("PIL.")
+
+
+def pipeline_device(pipe: Any) -> torch.device:
+    """The device of a pipeline's weights."""
+    return pipe.device
+
+
+def training_modules(pipe: Any) -> list[str]:
+    """Names of the pipeline's modules left in training mode (dropout and label-drop draw from the
+    device RNG there, so device and CPU diverge for reasons unrelated to the device)."""
+    import torch
+
+    names = []
+    for name, component in getattr(pipe, "components", {}).items():
+        if isinstance(component, torch.nn.Module):
+            names.extend(
+                f"{name}.{sub}" if sub else name for sub, m in component.named_modules() if m.training
+            )
+    return names
+
+
+def run_pipeline(pipe: Any, inputs: dict[str, Any], target: Target | None = None) -> Run:
+    """Call ``pipe`` on a fresh copy of ``inputs`` (generators renewed) without autograd, and time it
+    with the target synchronised before the clock is read."""
+    import torch
+
+    call = fresh_inputs(inputs)
+    if target is not None:
+        target.synchronize()
+    start = time.perf_counter()
+    with torch.inference_mode():
+        output = pipe(**call)
+        if target is not None:
+            target.synchronize()
+    seconds = time.perf_counter() - start
+    array = output_array(output)
+    return Run(array.astype("float32", copy=False), seconds, str(array.dtype))
+
+
+@contextlib.contextmanager
+def moved(pipe: Any, device: Any = None, dtype: torch.dtype | None = None) -> Iterator[Any]:
+    """Move ``pipe`` to ``device``/``dtype`` for the ``with`` block, then back.
+
+    Moving between devices is lossless. A dtype change is not (float32 -> float16 -> float32 rounds
+    the weights), so every parameter and buffer is kept on the CPU and put back exactly afterwards.
+    """
+    original_device = pipe.device
+    saved = _snapshot_tensors(pipe) if dtype is not None else None
+    try:
+        pipe.to(**{k: v for k, v in (("device", device), ("dtype", dtype)) if v is not None})
+        yield pipe
+    finally:
+        if saved is not None:
+            _restore_tensors(pipe, saved, original_device)
+        else:
+            pipe.to(original_device)
+
+
+def _modules(pipe: Any) -> dict[str, Any]:
+    import torch
+
+    return {n: c for n, c in getattr(pipe, "components", {}).items() if isinstance(c, torch.nn.Module)}
+
+
+def _tensors(module: Any) -> Iterator[tuple[tuple[int, str, str], Any, Any]]:
+    """((module id, store, name), owning module, tensor) for every parameter and buffer."""
+    for sub in module.modules():
+        for store in ("_parameters", "_buffers"):
+            for key, tensor in getattr(sub, store).items():
+                if tensor is not None:
+                    yield (id(sub), store, key), sub, tensor
+
+
+def _snapshot_tensors(pipe: Any) -> dict[tuple[int, str, str], Any]:
+    from pytest_mps.devices import plain_cpu
+
+    return {
+        slot: plain_cpu(tensor.detach().to("cpu", copy=True))
+        for module in _modules(pipe).values()
+        for slot, _, tensor in _tensors(module)
+    }
+
+
+def _restore_tensors(pipe: Any, saved: dict[tuple[int, str, str], Any], device: Any) -> None:
+    import torch
+
+    with torch.no_grad():
+        for module in _modules(pipe).values():
+            for slot, sub, tensor in list(_tensors(module)):
+                original = saved.get(slot)
+                if original is None:
+                    continue
+                if slot[1] == "_parameters":
+                    tensor.data = original.to(device)
+                else:
+                    sub._buffers[slot[2]] = original.to(device)
+    pipe.to(device)
