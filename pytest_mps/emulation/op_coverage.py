@@ -1,0 +1,557 @@
+"""Which aten ops have an MPS kernel in the *installed* torch, read from its own operator registry.
+
+A Linux torch is built without MPS, so its dispatcher answers "no MPS kernel" for every op; asking it is
+useless. The build's source of truth ships with it instead: ``torchgen/packaged/ATen/native/
+native_functions.yaml`` lists every aten operator and, under ``dispatch:``, the backends that register a
+kernel for it. This module reads that file (without importing torch) and classifies every operator:
+
+* ``NATIVE``: a ``dispatch:`` key names ``MPS`` (alone or in a combined key such as ``CPU, CUDA, MPS``),
+  or the op is ``structured_delegate``-d to an ``.out`` entry that has one;
+* ``COMPOSITE``: no ``dispatch:`` at all (CompositeImplicitAutograd: it decomposes into other ops), or a
+  ``CompositeExplicitAutograd`` / ``CompositeExplicitAutogradNonFunctional`` / ``CompositeImplicitAutograd``
+  kernel, which is registered for every backend;
+* ``MISSING``: a ``dispatch:`` that names only other backends; on a Mac the op raises
+  ``NotImplementedError`` (or runs on the CPU when ``PYTORCH_ENABLE_MPS_FALLBACK=1``);
+* ``ALWAYS_FALLBACK``: not in the yaml at all but in PyTorch's ``aten/src/ATen/mps/MPSFallback.mm``, which
+  registers a handful of ops to always run on the CPU on MPS (see :data:`MPS_CPU_FALLBACK_OPS`).
+
+Two hand-kept tables cover what the yaml cannot say: :data:`MPS_CPU_FALLBACK_OPS` (kernels registered
+outside the yaml) and :data:`CPU_ONLY_HELPER_OPS` (ops that a CPU trace records although MPS would call a
+different op, e.g. ``_scaled_dot_product_flash_attention_for_cpu``); such helpers take the status of their
+MPS counterpart so that they are not false alarms.
+
+The yaml is parsed by a small dedicated line parser (:func:`parse_native_functions`) rather than PyYAML:
+only four fields of a machine-generated, regularly formatted file are needed, the project then needs no
+YAML dependency, and the parse is ~10x faster than even libyaml's C loader.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import importlib.metadata
+import importlib.util
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+__all__ = [
+    "COMPOSITE_DISPATCH_KEYS",
+    "CPU_ONLY_HELPER_OPS",
+    "MPS_CPU_FALLBACK_OPS",
+    "KernelStatus",
+    "NativeFunction",
+    "OpCoverage",
+    "OpCoverageError",
+    "default_yaml_path",
+    "has_mps_kernel",
+    "iter_statuses",
+    "kernel_status",
+    "load_coverage",
+    "missing_ops",
+    "normalize_op_name",
+    "parse_native_functions",
+]
+
+
+class KernelStatus(enum.Enum):
+    """How an operator runs on the MPS backend."""
+
+    NATIVE = "native"  # MPS kernel in the yaml
+    COMPOSITE = "composite"  # decomposes / composite kernel: runs on MPS via other ops
+    ALWAYS_FALLBACK = "fallback"  # registered to fall back to CPU on MPS (MPSFallback.mm)
+    MISSING = "missing"  # no MPS kernel: NotImplementedError on a Mac (or CPU fallback with the env var)
+
+
+class OpCoverageError(RuntimeError):
+    """native_functions.yaml could not be found or parsed; the message names the path and a fix."""
+
+
+# Dispatch keys whose kernel is registered for every backend, MPS included. The *NestedTensor variant of
+# CompositeImplicitAutograd is deliberately absent: it only serves nested tensors, not dense MPS tensors.
+COMPOSITE_DISPATCH_KEYS: frozenset[str] = frozenset(
+    {"CompositeExplicitAutograd", "CompositeExplicitAutogradNonFunctional", "CompositeImplicitAutograd"}
+)
+
+# Kernels that PyTorch registers for the MPS key outside native_functions.yaml, in the
+# ``TORCH_LIBRARY_IMPL(aten, MPS, m)`` block of aten/src/ATen/mps/MPSFallback.mm: each is wired to
+# ``mps_fallback`` (copy to CPU, run the CPU kernel, copy back) whatever PYTORCH_ENABLE_MPS_FALLBACK says.
+# Source: pytorch/pytorch aten/src/ATen/mps/MPSFallback.mm as of commit 035290b77d8b (consistent with torch
+# 2.13's yaml; the earlier revision at 33ce58194cc4 also listed im2col and bitwise_{left,right}_shift
+# .Tensor_out, which have since gained MPS kernels). A table entry whose yaml entry has a native MPS
+# kernel resolves to NATIVE, which keeps the table safe across versions: around torch 1.12-1.13 the file
+# also listed ``_fft_c2c``, ``_fft_r2c``, ``repeat_interleave.*``, ``linalg_vector_norm``, ``nonzero``,
+# ``masked_select``, ``topk.values``..., all native in the yaml of recent torch.
+# ``_slow_conv2d_forward`` is also registered there, but with a kernel that only raises a device-mismatch
+# error (MPS convolutions never reach it), so it is treated as a CPU-only helper below instead.
+MPS_CPU_FALLBACK_OPS: frozenset[str] = frozenset(
+    {
+        "embedding_renorm_",  # nn.Embedding(max_norm=...)
+        "linalg_svd",  # yaml: CompositeImplicit, but the MPS registration wins for MPS tensors
+        "linalg_svd.U",
+        "col2im",  # nn.Fold; also has an MPS kernel in recent yaml (then NATIVE)
+        "upsample_nearest3d.vec",  # yaml: CompositeImplicit; MPS registration sends it to the CPU
+    }
+)
+
+# Ops that a CPU run records (a TorchDispatchMode sees them) but that an MPS run never calls, because the
+# op above them chooses a backend-specific implementation. Each maps to the op MPS calls instead, and takes
+# that op's status, so a CPU trace of code that runs fine on MPS raises no false alarm. Sources: the yaml
+# (``*_for_cpu`` / ``*_for_mps`` pairs), aten/src/ATen/native/transformers/attention.cpp (SDPA backend
+# choice: on MPS the math path, ``_scaled_dot_product_attention_math_for_mps`` when it applies, otherwise
+# the CompositeImplicit ``_scaled_dot_product_attention_math``), aten/src/ATen/native/RNN.cpp (LSTM:
+# mkldnn on CPU, ``_lstm_mps`` on MPS), aten/src/ATen/native/Convolution.cpp (``_convolution`` picks
+# ``_mps_convolution*`` on MPS), and torch/nn/modules/{activation,transformer}.py (the fused
+# ``_native_multi_head_attention`` / ``_transformer_encoder_layer_fwd`` fast paths are only taken for
+# devices in ``_supported_device_type = ["cpu", "cuda", <privateuse1>]``; on MPS the Python path runs,
+# built on linear + scaled_dot_product_attention).
+CPU_ONLY_HELPER_OPS: Mapping[str, str] = MappingProxyType(
+    {
+        # scaled_dot_product_attention
+        "_scaled_dot_product_flash_attention_for_cpu": "_scaled_dot_product_attention_math_for_mps",
+        "_scaled_dot_product_flash_attention_for_cpu_backward": "_scaled_dot_product_attention_math",
+        # nn.MultiheadAttention / nn.TransformerEncoderLayer fast paths
+        "_native_multi_head_attention": "scaled_dot_product_attention",
+        "_transformer_encoder_layer_fwd": "scaled_dot_product_attention",
+        "_masked_softmax": "_softmax",
+        "_masked_softmax_backward": "_softmax_backward_data",
+        # LSTM: mkldnn on CPU, a dedicated MPS kernel on Macs
+        "mkldnn_rnn_layer": "_lstm_mps",
+        "mkldnn_rnn_layer_backward": "lstm_mps_backward",
+        # convolution kernels chosen below aten::_convolution (only visible in decomposed traces)
+        "_slow_conv2d_forward": "_mps_convolution",  # MPSFallback.mm: an error-only kernel, see above
+        "_slow_conv2d_backward.output_mask": "mps_convolution_backward",
+        "slow_conv3d_forward": "_mps_convolution",
+        "slow_conv_dilated2d": "_mps_convolution",
+        "slow_conv_dilated3d": "_mps_convolution",
+        "_nnpack_spatial_convolution": "_mps_convolution",
+        "slow_conv_transpose2d": "_mps_convolution_transpose",
+        "slow_conv_transpose3d": "_mps_convolution_transpose",
+        # int4 weight-only quantization (torchao and friends pick the op by device)
+        "_weight_int4pack_mm_for_cpu": "_weight_int4pack_mm",
+        "_convert_weight_to_int4pack_for_cpu": "_convert_weight_to_int4pack",
+    }
+)
+
+# mkldnn ops need an mkldnn-layout tensor or are picked by a CPU-only code path; neither happens to a Mac's
+# MPS tensors, so a CPU trace that shows one says nothing about MPS. Those not mapped to a counterpart
+# above are reported COMPOSITE (the MPS path runs other, covered ops). ``to_mkldnn`` itself is left alone:
+# user code that calls ``tensor.to_mkldnn()`` really fails on an MPS tensor, and that is the one alarm.
+_CPU_ONLY_PREFIXES: tuple[str, ...] = ("mkldnn_", "_mkldnn_")
+
+_RANK: Mapping[KernelStatus, int] = MappingProxyType(
+    {
+        KernelStatus.MISSING: 0,
+        KernelStatus.ALWAYS_FALLBACK: 1,
+        KernelStatus.COMPOSITE: 2,
+        KernelStatus.NATIVE: 3,
+    }
+)
+
+
+@dataclass(frozen=True)
+class NativeFunction:
+    """The fields of one native_functions.yaml entry (or an ``autogen:`` op) that decide MPS coverage.
+
+    ``dispatch`` is ``None`` when the entry has no ``dispatch:`` field (CompositeImplicitAutograd), else the
+    set of individual dispatch keys (``"CPU, CUDA, MPS: foo"`` contributes three); ``autogen_of`` names the
+    entry whose ``autogen:`` generated this op (its kernel is a generated composite wrapper around it).
+    """
+
+    name: str
+    dispatch: frozenset[str] | None = None
+    structured_delegate: str | None = None
+    autogen: tuple[str, ...] = ()
+    autogen_of: str | None = None
+    line: int = 0
+
+
+_FIX_HINT = (
+    "Fix: reinstall torch (`pip install --force-reinstall torch`), whose wheel ships it, "
+    "or pass load_coverage(yaml_path=...) a good copy."
+)
+
+
+def _corrupt(path: Path, line: int, what: str) -> OpCoverageError:
+    return OpCoverageError(
+        f"cannot parse {path} (line {line}): {what}. The file should be torch's own "
+        f"torchgen/packaged/ATen/native/native_functions.yaml. {_FIX_HINT}"
+    )
+
+
+def parse_native_functions(path: str | Path) -> dict[str, NativeFunction]:
+    """Parse the fields needed for MPS coverage out of a native_functions.yaml.
+
+    A line parser for the file's fixed layout: top-level ``- func: name(...) -> ...`` entries, two-space
+    entry fields, and four-space ``Keys: kernel`` lines under ``dispatch:``. Anything else is skipped, so
+    new fields do not break it; structural surprises raise :class:`OpCoverageError`.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise OpCoverageError(
+            f"native_functions.yaml not found at {path}. It ships with torch "
+            f"(torchgen/packaged/ATen/native/); {_FIX_HINT}"
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise OpCoverageError(f"cannot read {path}: {exc}. {_FIX_HINT}") from exc
+
+    entries: dict[str, NativeFunction] = {}
+    # Per-entry accumulators, flushed when the next entry starts; plain locals keep the loop fast.
+    name: str | None = None
+    start = 0
+    keys: set[str] | None = None
+    delegate: str | None = None
+    autogen: tuple[str, ...] = ()
+    in_dispatch = False
+
+    def flush() -> None:
+        if name is None:
+            return
+        if name in entries:
+            raise _corrupt(path, start, f"duplicate entry {name!r}")
+        entries[name] = NativeFunction(
+            name, None if keys is None else frozenset(keys), delegate, autogen, None, start
+        )
+
+    for lineno, raw in enumerate(text.splitlines(), 1):
+        if not raw or raw[0] == "#":
+            continue
+        if raw.startswith("- func:"):
+            flush()
+            schema = raw[7:].strip()
+            paren = schema.find("(")
+            name = schema[:paren].strip() if paren > 0 else ""
+            if not name or " " in name:
+                raise _corrupt(path, lineno, f"malformed operator schema {schema[:80]!r}")
+            start, keys, delegate, autogen, in_dispatch = lineno, None, None, (), False
+            continue
+        stripped = raw.strip()
+        if not stripped or stripped[0] == "#":
+            continue
+        if name is None:
+            raise _corrupt(path, lineno, "content before the first `- func:` entry")
+        if raw.startswith("    ") and in_dispatch:
+            key_part, sep, _kernel = stripped.partition(":")
+            if not sep:
+                raise _corrupt(path, lineno, f"dispatch line without `Key: kernel`: {stripped[:80]!r}")
+            assert keys is not None  # set when `dispatch:` was seen
+            keys.update(k.strip() for k in key_part.split(","))
+            continue
+        if raw.startswith("  ") and raw[2] != " ":
+            in_dispatch = False
+            if stripped.startswith("- "):  # a block-sequence item of another field (``precomputed:``)
+                continue
+            field_name, sep, value = stripped.partition(":")
+            value = value.split("#", 1)[0].strip()
+            if not sep:
+                raise _corrupt(path, lineno, f"entry field without `:`: {stripped[:80]!r}")
+            if field_name == "dispatch":
+                keys = set()
+                if value == "{}":  # an explicit empty dispatch: no kernel anywhere (e.g. NJT-only ops)
+                    continue
+                if value:
+                    raise _corrupt(path, lineno, f"unsupported inline dispatch {value[:80]!r}")
+                in_dispatch = True
+            elif field_name == "structured_delegate":
+                delegate = value
+            elif field_name == "autogen":
+                autogen = tuple(a.strip() for a in value.split(",") if a.strip())
+            continue
+        if raw[0] not in " -":
+            raise _corrupt(path, lineno, f"unexpected top-level content {stripped[:80]!r}")
+        # Anything else (continuation lines of other fields, deeper nesting) is not needed here.
+    flush()
+    if not entries:
+        raise _corrupt(path, 1, "no `- func:` entries found")
+
+    # ``autogen:`` ops (mostly ``.out`` variants) are generated by torchgen, not written in the file; they
+    # exist in the dispatcher, so give them entries pointing back at their source.
+    for entry in list(entries.values()):
+        for generated in entry.autogen:
+            entries.setdefault(generated, NativeFunction(generated, autogen_of=entry.name, line=entry.line))
+    return entries
+
+
+def normalize_op_name(op: Any) -> tuple[str, str]:
+    """Return ``(namespace, yaml_name)`` for an op object or name.
+
+    Accepts a ``torch._ops.OpOverload`` (``aten.add.Tensor``), an ``OpOverloadPacket`` (``aten.add``), any
+    object with a ``name()`` method (e.g. a HigherOrderOperator), or a string: ``"aten::add.Tensor"``,
+    ``"aten.add.Tensor"``, ``"aten._fft_c2c.default"``, ``"torch.ops.aten.mm.default"``, ``"add.Tensor"``,
+    ``"_fft_c2c"``. The yaml name spells the default overload as the bare name (``"_fft_c2c"``).
+    """
+    namespace: str
+    rest: str
+    schema = getattr(op, "_schema", None)
+    if schema is not None and hasattr(op, "_overloadname"):  # OpOverload, without importing torch
+        namespace, _, base = schema.name.partition("::")
+        return namespace, base if op._overloadname in ("default", "") else f"{base}.{op._overloadname}"
+    qualified = getattr(op, "_qualified_op_name", None)  # OpOverloadPacket
+    if isinstance(qualified, str):
+        namespace, _, base = qualified.partition("::")
+        return namespace, base
+    if not isinstance(op, str):
+        name_fn = getattr(op, "name", None)
+        if not callable(name_fn):
+            raise TypeError(f"expected an OpOverload, OpOverloadPacket or op name, got {type(op).__name__}")
+        namespace = getattr(op, "namespace", None) or "higher_order"
+        name = str(name_fn())
+        if "::" in name:
+            namespace, _, name = name.partition("::")
+        return namespace, name
+    text = op.strip()
+    if text.startswith("torch.ops."):
+        text = text[len("torch.ops.") :]
+    if "::" in text:
+        namespace, _, rest = text.partition("::")
+    else:
+        parts = text.split(".")
+        if len(parts) >= 3 or (len(parts) == 2 and parts[0] in ("aten", "prims")):
+            # "ns.op.overload" (Python spelling of an OpOverload) or "aten.op" (of a packet).
+            namespace, rest = parts[0], ".".join(parts[1:])
+        else:
+            namespace, rest = "aten", text  # a bare yaml name: "add.Tensor", "_fft_c2c"
+    base, _, overload = rest.partition(".")
+    return namespace, base if overload in ("", "default") else f"{base}.{overload}"
+
+
+@dataclass(frozen=True)
+class OpCoverage:
+    """MPS coverage of every aten operator of one native_functions.yaml.
+
+    ``statuses`` maps yaml names (``"add.Tensor"``, ``"_fft_c2c"``; ``autogen:`` ops included) to their
+    :class:`KernelStatus`. Lookups accept anything :func:`normalize_op_name` does. Ops outside the aten
+    namespace (custom ops, ``prims``, higher-order ops) are COMPOSITE: the yaml only describes aten, a
+    third-party op's MPS kernel may be registered by code that only a Mac imports, and ``prims`` ops run via
+    Python references built on aten. An aten name absent from the yaml is looked up in torch's own
+    dispatcher for a composite kernel (e.g. ``aten::get_gradients``), else MISSING.
+    """
+
+    yaml_path: Path
+    torch_version: str | None
+    statuses: Mapping[str, KernelStatus] = field(hash=False, repr=False)
+    reasons: Mapping[str, str] = field(hash=False, repr=False, compare=False)
+    # Memo of lookups by op object/name: the emulation asks once per dispatched op, so this is hot.
+    _memo: dict[Any, tuple[KernelStatus, str]] = field(
+        default_factory=dict, init=False, hash=False, repr=False, compare=False
+    )
+
+    @property
+    def counts(self) -> dict[KernelStatus, int]:
+        """Number of yaml operator names (overloads, autogen included) per status."""
+        result = dict.fromkeys(KernelStatus, 0)
+        for status in self.statuses.values():
+            result[status] += 1
+        return result
+
+    def __len__(self) -> int:
+        return len(self.statuses)
+
+    def __contains__(self, op: object) -> bool:
+        try:
+            namespace, name = normalize_op_name(op)
+        except TypeError:
+            return False
+        return namespace == "aten" and name in self.statuses
+
+    def names_with(self, status: KernelStatus) -> frozenset[str]:
+        """All yaml names with ``status``."""
+        return frozenset(name for name, s in self.statuses.items() if s is status)
+
+    def status(self, op: Any) -> KernelStatus:
+        """The :class:`KernelStatus` of ``op`` (an OpOverload, OpOverloadPacket or name)."""
+        return self._lookup(op)[0]
+
+    def has_mps_kernel(self, op: Any) -> bool:
+        """True when ``op`` runs on MPS without a CPU fallback (NATIVE or COMPOSITE)."""
+        return self.status(op) in (KernelStatus.NATIVE, KernelStatus.COMPOSITE)
+
+    def explain(self, op: Any) -> str:
+        """A one-line reason for ``op``'s status, for error messages and reports."""
+        status, reason = self._lookup(op)
+        return f"{status.value}: {reason}"
+
+    def _lookup(self, op: Any) -> tuple[KernelStatus, str]:
+        try:
+            return self._memo[op]
+        except KeyError:
+            pass
+        except TypeError:  # an unhashable op-like object: just compute
+            return self._compute(op)
+        result = self._memo[op] = self._compute(op)
+        return result
+
+    def _compute(self, op: Any) -> tuple[KernelStatus, str]:
+        namespace, name = normalize_op_name(op)
+        if namespace != "aten":
+            return KernelStatus.COMPOSITE, f"{namespace}::{name} is outside aten; assumed to run on MPS"
+        status = self.statuses.get(name)
+        if status is not None:
+            return status, self.reasons[name]
+        # An OpOverloadPacket / bare name without a default overload ("add"): the caller cannot tell which
+        # overload will run, so answer with the best-covered one rather than raise a false alarm.
+        overloads = [n for n in self.statuses if n.startswith(name + ".")]
+        if overloads:
+            best = max(overloads, key=lambda n: _RANK[self.statuses[n]])
+            return self.statuses[best], f"best-covered overload {best}: {self.reasons[best]}"
+        return _dispatcher_status(name)
+
+
+def _dispatcher_status(name: str) -> tuple[KernelStatus, str]:
+    """Status of an aten op that the yaml does not list (registered by hand in C++ or Python)."""
+    # Composite registrations are backend-independent, so the Linux dispatcher *can* answer this part.
+    try:
+        import torch  # deferred: coverage of yaml ops must not need torch imported
+    except ImportError:
+        return KernelStatus.MISSING, "not in native_functions.yaml (torch not importable to ask further)"
+
+    qualified = f"aten::{name}"
+    try:
+        for key in sorted(COMPOSITE_DISPATCH_KEYS):
+            if torch._C._dispatch_has_kernel_for_dispatch_key(qualified, key):
+                return KernelStatus.COMPOSITE, f"not in native_functions.yaml; {key} kernel in the dispatcher"
+    except RuntimeError:  # "operator aten::x does not exist"
+        return KernelStatus.MISSING, "unknown aten operator (not in native_functions.yaml nor the dispatcher)"
+    return KernelStatus.MISSING, "not in native_functions.yaml; no composite kernel in the dispatcher"
+
+
+def _classify(entries: Mapping[str, NativeFunction]) -> tuple[dict[str, KernelStatus], dict[str, str]]:
+    statuses: dict[str, KernelStatus] = {}
+    reasons: dict[str, str] = {}
+
+    def yaml_status(name: str, seen: frozenset[str]) -> tuple[KernelStatus, str]:
+        entry = entries[name]
+        if entry.autogen_of is not None:
+            # torchgen registers generated out=/functional variants as CompositeExplicitAutograd wrappers
+            # around the source op: they run on MPS exactly when it does.
+            source, why = resolve(entry.autogen_of, seen)
+            if source is KernelStatus.NATIVE:
+                source = KernelStatus.COMPOSITE
+            return source, f"autogen of {entry.autogen_of} ({why})"
+        keys = entry.dispatch
+        if keys is not None and "MPS" in keys:
+            return KernelStatus.NATIVE, "MPS kernel in native_functions.yaml"
+        delegate = entries.get(entry.structured_delegate) if entry.structured_delegate else None
+        # A structured op's functional/inplace variants get, per backend, a kernel generated from the .out
+        # entry's kernel: they have an MPS kernel exactly when the delegate's dispatch: names MPS. Their own
+        # dispatch: keys then only add other layouts (sparse, nested) or a composite default.
+        if delegate is not None and delegate.dispatch is not None and "MPS" in delegate.dispatch:
+            return KernelStatus.NATIVE, f"structured_delegate {delegate.name} has an MPS kernel"
+        # A backend kernel beats a composite one in the dispatcher, hence the composite check comes second
+        # (e.g. silu_backward: CompositeImplicitAutograd, but MPS-native through silu_backward.grad_input).
+        if keys is not None and keys & COMPOSITE_DISPATCH_KEYS:
+            return KernelStatus.COMPOSITE, f"{sorted(keys & COMPOSITE_DISPATCH_KEYS)[0]} kernel"
+        if entry.structured_delegate:
+            return KernelStatus.MISSING, f"structured_delegate {entry.structured_delegate} has no MPS kernel"
+        if keys is None:
+            return KernelStatus.COMPOSITE, "no dispatch: CompositeImplicitAutograd (decomposes)"
+        return KernelStatus.MISSING, "no MPS kernel in native_functions.yaml"
+
+    def resolve(name: str, seen: frozenset[str] = frozenset()) -> tuple[KernelStatus, str]:
+        if name in statuses:
+            return statuses[name], reasons[name]
+        if name in seen:
+            raise OpCoverageError(f"autogen/helper-table cycle through {name!r} in native_functions.yaml")
+        seen = seen | {name}
+        status, why = yaml_status(name, seen)
+        counterpart = CPU_ONLY_HELPER_OPS.get(name)
+        if counterpart is not None and counterpart in entries:
+            mps_status, mps_why = resolve(counterpart, seen)
+            status, why = mps_status, f"CPU-only helper; MPS calls {counterpart} instead ({mps_why})"
+        elif status is KernelStatus.MISSING and name.startswith(_CPU_ONLY_PREFIXES):
+            status, why = KernelStatus.COMPOSITE, "mkldnn (CPU-only) helper; never selected for MPS tensors"
+        elif name in MPS_CPU_FALLBACK_OPS and status is not KernelStatus.NATIVE:
+            status, why = KernelStatus.ALWAYS_FALLBACK, "registered to run on the CPU in MPSFallback.mm"
+        statuses[name], reasons[name] = status, why
+        return status, why
+
+    for name in entries:
+        resolve(name)
+    return statuses, reasons
+
+
+def default_yaml_path() -> Path:
+    """Locate the installed torch's native_functions.yaml without importing torch."""
+    candidates: list[Path] = []
+    for package in ("torchgen", "torch"):
+        try:
+            spec = importlib.util.find_spec(package)
+        except (ImportError, ValueError):
+            spec = None
+        if spec is not None and spec.origin:
+            # torchgen ships inside the torch wheel as a sibling package of torch.
+            root = Path(spec.origin).parent
+            if package == "torch":
+                root = root.parent / "torchgen"
+            candidates.append(root / "packaged" / "ATen" / "native" / "native_functions.yaml")
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    looked = ", ".join(str(c) for c in candidates) or "no torchgen/torch package found"
+    raise OpCoverageError(f"cannot find torch's native_functions.yaml (looked at: {looked}). {_FIX_HINT}")
+
+
+def _torch_version() -> str | None:
+    try:
+        return importlib.metadata.version("torch")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+@functools.cache
+def _load_cached(path: Path, mtime_ns: int, size: int) -> OpCoverage:
+    # Keyed on mtime and size too, so a rewritten file (e.g. a test's synthetic yaml) is parsed afresh.
+    statuses, reasons = _classify(parse_native_functions(path))
+    return OpCoverage(path, _torch_version(), MappingProxyType(statuses), MappingProxyType(reasons))
+
+
+@functools.cache
+def _default_coverage() -> OpCoverage:
+    # The installed torch does not change under a running process: locate and parse its yaml once, and
+    # skip even the path search and stat() on later calls (kernel_status() runs once per dispatched op).
+    return load_coverage(default_yaml_path())
+
+
+def load_coverage(yaml_path: str | Path | None = None) -> OpCoverage:
+    """Coverage table of ``yaml_path`` (default: the installed torch's), parsed once and cached.
+
+    Raises :class:`OpCoverageError` naming the path and a fix when the file is missing or malformed.
+    """
+    if yaml_path is None:
+        return _default_coverage()
+    path = Path(yaml_path)
+    try:
+        stat = path.stat()
+    except OSError:
+        parse_native_functions(path)  # raises the descriptive OpCoverageError
+        raise  # pragma: no cover - parse_native_functions always raises for an unreadable path
+    return _load_cached(path.resolve(), stat.st_mtime_ns, stat.st_size)
+
+
+def kernel_status(op: Any) -> KernelStatus:
+    """Status of ``op`` (OpOverload, OpOverloadPacket, or a name such as ``"aten::add.Tensor"``)."""
+    return load_coverage().status(op)
+
+
+def has_mps_kernel(op: Any) -> bool:
+    """True when ``op`` runs on MPS as-is: NATIVE or COMPOSITE."""
+    return load_coverage().has_mps_kernel(op)
+
+
+def missing_ops() -> frozenset[str]:
+    """Yaml names of the installed torch's aten ops with status MISSING."""
+    return load_coverage().names_with(KernelStatus.MISSING)
+
+
+def iter_statuses(names: Iterable[Any]) -> dict[str, KernelStatus]:
+    """Status of each op in ``names``, keyed by ``namespace::yaml_name``; handy for reports."""
+    coverage = load_coverage()
+    result: dict[str, KernelStatus] = {}
+    for op in names:
+        namespace, name = normalize_op_name(op)
+        result[f"{namespace}::{name}"] = coverage.status(op)
+    return result
