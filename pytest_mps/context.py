@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import dataclasses
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -77,9 +78,15 @@ def _target_from_device(device: Any) -> Target:
 def current_context(pipe: Any = None) -> CheckContext:
     """The running test's context, or one inferred from ``pipe``'s device outside pytest."""
     lazy = _CURRENT.get()
-    if lazy is not None:
-        return lazy.get()
     device = getattr(pipe, "device", "cpu")
+    if lazy is not None:
+        context = lazy.get()
+        kind = getattr(device, "type", str(device))
+        if pipe is not None and (not context.target.available or context.target.device_type != kind):
+            # The label must name where the work ran: a pipeline on another device than the
+            # session's target is judged as a stand-in run on its own device.
+            return dataclasses.replace(context, target=_target_from_device(device))
+        return context
     from pytest_mps.references import shared_cache
 
     return CheckContext(target=_target_from_device(device), references=shared_cache())

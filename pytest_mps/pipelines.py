@@ -59,16 +59,8 @@ def _describe_load_error(source: str, exc: BaseException) -> str:
     return f"{source}: could not load the pipeline ({type(exc).__name__}: {text})"
 
 
-def load_pipeline(
-    source: Any,
-    *,
-    pipeline_cls: Any = None,
-    torch_dtype: Any = None,
-    allow_download: bool = False,
-    allow_pickle: bool = False,
-    **from_pretrained_kwargs: Any,
-) -> Any:
-    """Load ``source`` into a Diffusers pipeline on the CPU.
+def load_pipeline(source: Any, **kwargs: Any) -> Any:
+    """Load ``source`` into a Diffusers pipeline on the CPU, without progress bars.
 
     Args:
         source: a local pipeline folder, a hub id already in the local cache, a ``DiffusionPipeline``,
@@ -78,7 +70,31 @@ def load_pipeline(
         torch_dtype: dtype to load the weights in.
         allow_download: let a hub id download (tests never download unless this is set).
         allow_pickle: accept pickled ``.bin`` weights (unpickling can run code).
+        **kwargs: passed on to ``from_pretrained``.
+
+    Raises:
+        PipelineLoadError: one line naming the cause and a fix.
     """
+    from diffusers.utils import logging as diffusers_logging
+
+    was_disabled = not diffusers_logging.is_progress_bar_enabled()
+    diffusers_logging.disable_progress_bar()
+    try:
+        return _load(source, **kwargs)
+    finally:
+        if not was_disabled:
+            diffusers_logging.enable_progress_bar()
+
+
+def _load(
+    source: Any,
+    *,
+    pipeline_cls: Any = None,
+    torch_dtype: Any = None,
+    allow_download: bool = False,
+    allow_pickle: bool = False,
+    **from_pretrained_kwargs: Any,
+) -> Any:
     import diffusers
 
     if isinstance(source, diffusers.DiffusionPipeline):

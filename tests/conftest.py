@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import platform
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -11,6 +12,27 @@ import pytest
 # Imported once, here, before any `pytester` fixture snapshots sys.modules: pytester removes modules
 # first imported during a test, and torch's C extension cannot be imported a second time.
 import torch
+from _pytest import pytester as _pytester
+
+_snapshot_init = _pytester.SysModulesSnapshot.__init__
+
+
+def _keeps_libraries(self, preserve=None) -> None:
+    """pytester restores sys.modules after in-process runs; library modules first imported by an
+    inner run (torch extensions, diffusers' lazy modules) must survive, or their next import registers
+    torch operators twice. Only the inner runs' own test modules are dropped."""
+
+    def keep(name: str) -> bool:
+        if preserve is not None and preserve(name):
+            return True
+        module = sys.modules.get(name)
+        path = str(getattr(module, "__file__", "") or "")
+        return name.startswith("pytest_mps") or "site-packages" in path or not path
+
+    _snapshot_init(self, preserve=keep)
+
+
+_pytester.SysModulesSnapshot.__init__ = _keeps_libraries
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = REPO / "fixtures"

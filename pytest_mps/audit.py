@@ -1,0 +1,385 @@
+"""The MPS hazard audit: run a pipeline (or trace a module at production size) on the emulated MPS target
+and report every hazard, with the aten op, dtypes, shapes, bytes, owning module and source line.
+
+``audit(pipe)`` runs the pipeline for real on the emulated target, collecting instead of raising, so one
+run lists every float64, complex tensor, missing kernel, CPU fallback, oversized buffer and oversized
+attention score matrix. ``audit_module(unet, spec(2, 4, 128, 128), ...)`` checks production sizes without
+allocating them (meta payloads). ``assert_no_mps_hazards`` turns a report into a test assertion.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from pytest_mps.emulation.findings import SEVERITIES, Finding, merge_findings
+
+__all__ = ["AuditReport", "assert_no_mps_hazards", "audit", "audit_module"]
+
+_LABEL = "emulated mps (stand-in: MPS rules, CPU arithmetic)"
+_TRACE_LABEL = "emulated mps, meta trace (stand-in: MPS rules, shapes only, nothing allocated)"
+
+
+@dataclass(frozen=True)
+class AuditReport:
+    """What an audit found.
+
+    Attributes:
+        findings: merged findings (repeats folded into ``count``), in the order first met.
+        target_label: the target the audit ran on (always a stand-in: the emulated MPS device).
+        subject: what was audited (pipeline or module class, with its name).
+        completed: False when the run stopped early (an abort, or an exception).
+        stopped_by: ``ExceptionType: message`` of what stopped it, or None.
+        seconds: wall time of the audited run.
+        call: the call's arguments, summarised (JSON-able).
+        output: the run's output (``output_type="np"`` images for pipelines; meta-backed emulated tensors
+            for module traces); not part of ``to_dict()``.
+    """
+
+    findings: tuple[Finding, ...]
+    target_label: str
+    subject: str = ""
+    completed: bool = True
+    stopped_by: str | None = None
+    seconds: float = 0.0
+    call: Mapping[str, Any] = field(default_factory=dict)
+    output: Any = field(default=None, compare=False, repr=False)
+
+    def with_severity(self, *severities: str) -> tuple[Finding, ...]:
+        """Findings of the given severities."""
+        return tuple(f for f in self.findings if f.severity in severities)
+
+    @property
+    def aborts(self) -> tuple[Finding, ...]:
+        """Findings that kill the process on a Mac."""
+        return self.with_severity("abort")
+
+    @property
+    def errors(self) -> tuple[Finding, ...]:
+        """Findings that make MPS raise (an abort is worse than an error and is not counted here)."""
+        return self.with_severity("error")
+
+    @property
+    def fallbacks(self) -> tuple[Finding, ...]:
+        """Ops that run on the CPU instead of MPS."""
+        return self.with_severity("fallback")
+
+    @property
+    def warnings(self) -> tuple[Finding, ...]:
+        """Portability hazards that work with the installed torch on a supported macOS."""
+        return self.with_severity("warning")
+
+    @property
+    def ok(self) -> bool:
+        """True when nothing would abort, raise or fall back on MPS and the run completed."""
+        return self.completed and not (self.aborts or self.errors or self.fallbacks)
+
+    def kinds(self) -> dict[str, int]:
+        """Occurrences per finding kind."""
+        out: dict[str, int] = {}
+        for f in self.findings:
+            out[f.kind] = out.get(f.kind, 0) + f.count
+        return out
+
+    def format(self) -> str:
+        """A readable table: one row per finding, worst severity first."""
+        head = f"MPS hazard audit of {self.subject or '?'} on {self.target_label}"
+        status = "completed" if self.completed else f"STOPPED: {self.stopped_by}"
+        lines = [head, f"run {status} in {self.seconds:.2f}s; {_summary(self)}"]
+        if not self.findings:
+            lines.append("no MPS hazards found")
+            return "\n".join(lines)
+        rows = [("severity", "kind", "op", "dtypes/shapes", "bytes", "count", "module", "source")]
+        for f in sorted(self.findings, key=lambda f: SEVERITIES.index(f.severity)):
+            tensors = ", ".join(f"{d}{list(s)}" for d, s in zip(f.dtypes, f.shapes, strict=False)) or "-"
+            rows.append(
+                (
+                    f.severity,
+                    f.kind,
+                    f.op,
+                    _clip(tensors, 48),
+                    _bytes(f.nbytes),
+                    str(f.count),
+                    f.module or "-",
+                    f.source or "-",
+                )
+            )
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        for i, row in enumerate(rows):
+            lines.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+            if i == 0:
+                lines.append("  ".join("-" * w for w in widths))
+        lines.append("messages:")
+        seen: set[str] = set()
+        for f in self.findings:
+            if f.message not in seen:
+                seen.add(f.message)
+                lines.append(f"  [{f.kind}] {f.message}")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form (no output)."""
+        return {
+            "target_label": self.target_label,
+            "subject": self.subject,
+            "completed": self.completed,
+            "stopped_by": self.stopped_by,
+            "seconds": round(self.seconds, 4),
+            "ok": self.ok,
+            "counts": {s: len(self.with_severity(s)) for s in SEVERITIES},
+            "call": dict(self.call),
+            "findings": [f.to_dict() for f in self.findings],
+        }
+
+
+def _summary(report: AuditReport) -> str:
+    counts = [f"{len(report.with_severity(s))} {s}" for s in SEVERITIES]
+    return ", ".join(counts)
+
+
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def _bytes(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} B"
+
+
+# -- inputs -------------------------------------------------------------------------------------------
+def _default_inputs(pipe: Any) -> dict[str, Any]:
+    try:
+        from pytest_mps.inputs import default_inputs
+    except ImportError:
+        return _fallback_inputs(pipe)
+    return dict(default_inputs(pipe))
+
+
+def _fallback_inputs(pipe: Any) -> dict[str, Any]:
+    """Minimal call arguments for text-to-image, unconditional and class-conditional pipelines."""
+    import inspect
+
+    import torch
+
+    params = inspect.signature(pipe.__call__).parameters
+    inputs: dict[str, Any] = {"generator": torch.Generator("cpu").manual_seed(0)}
+    if "num_inference_steps" in params:
+        inputs["num_inference_steps"] = 2
+    if "prompt" in params:
+        inputs["prompt"] = "a photo of an astronaut riding a horse on mars"
+    if "class_labels" in params:
+        inputs["class_labels"] = [1]
+    return inputs
+
+
+def _fresh(value: Any) -> Any:
+    """Copy generators (so the caller's are not consumed) and containers; leave everything else."""
+    import torch
+
+    if isinstance(value, torch.Generator):
+        from pytest_mps.emulation.patches import EmulatedGenerator
+
+        mps = value.device.type == "mps"  # an emulated generator, possibly from an earlier emulation
+        clone = EmulatedGenerator("mps") if mps else torch.Generator(value.device)
+        clone.set_state(value.get_state())
+        return clone
+    if isinstance(value, list):
+        return [_fresh(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _fresh(v) for k, v in value.items()}
+    return value
+
+
+def _summarise_call(call: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in call.items():
+        if isinstance(value, (str, int, float, bool)) or value is None:
+            out[key] = value
+        elif isinstance(value, (list, tuple)) and all(isinstance(v, (str, int, float, bool)) for v in value):
+            out[key] = list(value)
+        else:
+            shape = getattr(value, "shape", None)
+            out[key] = f"<{type(value).__name__}{list(shape) if shape is not None else ''}>"
+    return out
+
+
+def _pipeline_modules(pipe: Any) -> dict[str, Any]:
+    components = getattr(pipe, "components", None)
+    if isinstance(components, Mapping):
+        return {k: v for k, v in components.items() if v is not None}
+    return {}
+
+
+def _exception_finding(exc: BaseException) -> Finding:
+    from pytest_mps.emulation.provenance import format_frame, is_internal_file
+
+    source = None
+    for frame, _lineno in reversed(list(traceback.walk_tb(exc.__traceback__))):
+        if not is_internal_file(frame.f_code.co_filename):
+            source = format_frame(frame)
+            break
+    return Finding(
+        kind="exception",
+        severity="error",
+        op=type(exc).__name__,
+        source=source,
+        message=f"{type(exc).__name__}: {exc}",
+    )
+
+
+# -- the audits ---------------------------------------------------------------------------------------
+def audit(pipe: Any, inputs: Mapping[str, Any] | None = None, **call_overrides: Any) -> AuditReport:
+    """Run ``pipe`` once on the emulated MPS target, collecting every MPS hazard instead of raising.
+
+    Args:
+        pipe: a Diffusers pipeline (anything with ``.to(device)``, ``.components`` and ``__call__``).
+            It is moved to the emulated device for the run and back to its device afterwards (parameters
+            become new ``Parameter`` objects over the same memory).
+        inputs: call arguments; default: ``pytest_mps.inputs.default_inputs(pipe)``. Generators are
+            copied, so the caller's are not consumed.
+        call_overrides: extra call arguments (``height=1024``, ``num_inference_steps=4``...).
+            ``output_type`` defaults to ``"np"``.
+
+    Returns:
+        An :class:`AuditReport`; an abort (or any exception) ends the run and is reported, never raised.
+    """
+    import torch
+
+    from pytest_mps.emulation.emulator import EmulatedMPS
+    from pytest_mps.emulation.errors import MPSAbortError
+
+    call = {**(_default_inputs(pipe) if inputs is None else dict(inputs)), **call_overrides}
+    call.setdefault("output_type", "np")
+    call = _fresh(call)
+    emulation = EmulatedMPS(collect=True)
+    extra: list[Finding] = []
+    output: Any = None
+    stopped_by: str | None = None
+    start = time.perf_counter()
+    with emulation:
+        emulation.name_modules(_pipeline_modules(pipe))
+        original = _device_of(pipe)
+        try:
+            pipe.to("mps")
+            output = pipe(**call)
+        except MPSAbortError as exc:  # already recorded as a finding by the rule that raised it
+            stopped_by = f"MPSAbortError: {exc.assertion}"
+        except Exception as exc:
+            stopped_by = f"{type(exc).__name__}: {exc}"
+            extra.append(_exception_finding(exc))
+        finally:
+            if original is not None and original.type != "mps":
+                with torch.no_grad():
+                    pipe.to(original)
+    seconds = time.perf_counter() - start
+    images = getattr(output, "images", output)
+    return AuditReport(
+        findings=merge_findings([*emulation.findings, *extra]),
+        target_label=_LABEL,
+        subject=type(pipe).__name__,
+        completed=stopped_by is None,
+        stopped_by=stopped_by,
+        seconds=seconds,
+        call=_summarise_call(call),
+        output=images,
+    )
+
+
+def _device_of(pipe: Any) -> Any:
+    try:
+        return pipe.device
+    except Exception:
+        return None
+
+
+def audit_module(
+    module: Any,
+    *example_inputs: Any,
+    module_name: str | None = None,
+    **example_kwargs: Any,
+) -> AuditReport:
+    """Trace ``module(*example_inputs, **example_kwargs)`` on the emulated MPS device with meta payloads:
+    production sizes (1024x1024 and beyond) are checked without allocating them.
+
+    Example inputs are :func:`pytest_mps.emulation.shape_trace.spec` shapes, tensors (only shape and dtype
+    are used) or plain values::
+
+        audit_module(unet, spec(2, 4, 128, 128), 999, encoder_hidden_states=spec(2, 77, 2048),
+                     added_cond_kwargs={"text_embeds": spec(2, 1280), "time_ids": spec(2, 6)},
+                     module_name="unet")
+    """
+    from pytest_mps.emulation.shape_trace import trace_module
+
+    name = module_name or type(module).__name__
+    start = time.perf_counter()
+    result = trace_module(module, example_inputs, example_kwargs, module_name=name)
+    seconds = time.perf_counter() - start
+    extra = [_exception_finding(result.error)] if result.error is not None else []
+    stopped_by = f"{type(result.error).__name__}: {result.error}" if result.error is not None else None
+    call = _summarise_call({f"arg{i}": _describe_spec(v) for i, v in enumerate(example_inputs)})
+    call.update(_summarise_call({k: _describe_spec(v) for k, v in example_kwargs.items()}))
+    return AuditReport(
+        findings=merge_findings([*result.emulation.findings, *extra]),
+        target_label=_TRACE_LABEL,
+        subject=f"{type(module).__name__} ({name})",
+        completed=result.error is None,
+        stopped_by=stopped_by,
+        seconds=seconds,
+        call=call,
+        output=result.output,
+    )
+
+
+def _describe_spec(value: Any) -> Any:
+    shape = getattr(value, "shape", None)
+    if shape is not None:
+        dtype = str(getattr(value, "dtype", "")).rpartition(".")[2]
+        return f"{dtype}{list(shape)}"
+    if isinstance(value, Mapping):
+        return {k: _describe_spec(v) for k, v in value.items()}
+    return value
+
+
+def assert_no_mps_hazards(
+    pipe: Any,
+    inputs: Mapping[str, Any] | None = None,
+    allow: Iterable[str] = (),
+    *,
+    fail_on: Iterable[str] = SEVERITIES,
+    **call_overrides: Any,
+) -> AuditReport:
+    """Audit ``pipe`` (see :func:`audit`) and raise ``AssertionError`` with the report's table when any
+    finding remains.
+
+    Args:
+        allow: finding kinds (``"complex"``, ``"fallback"``...) or ops (``"aten::_fft_r2c"``,
+            ``"torch.Tensor.to"``) to tolerate.
+        fail_on: severities that fail (default: all of them; pass ``("abort", "error")`` to tolerate
+            fallbacks and portability warnings).
+
+    Returns:
+        The report, when the assertion holds.
+    """
+    report = audit(pipe, inputs, **call_overrides)
+    tolerated = set(allow)
+    failing = set(fail_on)
+    bad = [
+        f
+        for f in report.findings
+        if f.severity in failing and f.kind not in tolerated and f.op not in tolerated
+    ]
+    if bad or not report.completed:
+        raise AssertionError(
+            f"{len(bad)} MPS hazard(s) in {report.subject}"
+            + ("" if report.completed else f"; the run stopped: {report.stopped_by}")
+            + "\n"
+            + report.format()
+        )
+    return report
