@@ -3,10 +3,8 @@ with the fault it exists for."""
 
 from __future__ import annotations
 
-import faults
 import pytest
 import torch
-from conftest import FIXTURES
 
 from pytest_mps import (
     assert_attention_slicing_parity,
@@ -17,6 +15,9 @@ from pytest_mps import (
     assert_schedulers_compatible,
 )
 from pytest_mps.pipelines import load_pipeline, prepare_pipeline
+
+import faults
+from conftest import FIXTURES
 
 PIPELINES = ("tiny-sd", "tiny-ddpm", "tiny-dit")
 CHECKS = (

@@ -4,6 +4,7 @@ teardown, loading errors, and the tolerance precedence checks see."""
 from __future__ import annotations
 
 import pytest
+
 from conftest import FIXTURES
 
 SD = str(FIXTURES / "tiny-sd")
