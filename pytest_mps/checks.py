@@ -164,7 +164,7 @@ def cpu_reference(
     def compute() -> Run:
         from pytest_mps.emulated_target import cpu_arithmetic
 
-        with cpu_arithmetic(), moved(pipe, "cpu", convert):
+        with moved(pipe, "cpu", convert), cpu_arithmetic():
             return run_pipeline(pipe, inputs)
 
     return cache.get_or_compute(key, compute)
@@ -515,8 +515,8 @@ def assert_schedulers_compatible(
     Args:
         schedulers: ``"compatible"``, or scheduler classes or their names.
         parity: also compare each scheduler's output with the CPU's.
-        audit: run the emulated-MPS hazard audit per scheduler; default: on for stand-in targets
-            when the emulation is available (real MPS raises the errors itself).
+        audit: run the emulated-MPS hazard audit per scheduler; default: on for the cpu, cuda and
+            xpu stand-ins (real and emulated MPS raise the errors themselves).
     """
     __tracebackhide__ = True
     ctx = current_context(pipe)
@@ -528,7 +528,8 @@ def assert_schedulers_compatible(
     if audit is None:
         from pytest_mps.emulated_target import emulation_unavailable_reason
 
-        audit = not ctx.target.is_real_mps and emulation_unavailable_reason() is None
+        # On real or emulated MPS the run itself raises MPS's errors; other stand-ins need the audit.
+        audit = not ctx.target.is_mps_like and emulation_unavailable_reason() is None
     original = pipe.scheduler
     outcomes: dict[str, str] = {}
     try:

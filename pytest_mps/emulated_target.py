@@ -9,8 +9,21 @@ __all__ = ["emulation_active", "emulation_unavailable_reason"]
 
 
 def emulation_unavailable_reason() -> str | None:
-    """Why ``--mps-device emulated`` cannot be used yet, or None when it can."""
-    return "the emulated target is not available in this release yet; use --mps-device cpu or cuda"
+    """Why ``--mps-device emulated`` cannot be used, or None when it can."""
+    try:
+        import pytest_mps.emulation.emulator  # noqa: F401 - importing it is the test
+    except ImportError as exc:  # e.g. a torch too old for wrapper subclasses
+        return f"the MPS emulation cannot load here ({exc}); use --mps-device cpu or cuda"
+    return None
+
+
+def start_emulation() -> contextlib.AbstractContextManager[Any]:
+    """Enter the emulated MPS device for a whole session; the returned object is exited at its end."""
+    from pytest_mps.emulation import EmulatedMPS
+
+    emulation = EmulatedMPS()
+    emulation.__enter__()
+    return emulation
 
 
 def emulation_active() -> bool:

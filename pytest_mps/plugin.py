@@ -47,6 +47,23 @@ class MPSSession:
         self.results: list[CheckResult] = []
         self._pipelines: PipelineCache | None = None
         self._references: ReferenceCache | None = None
+        self._emulation: Any = None
+
+    def start(self) -> None:
+        """Enter the emulated device when it is the target: emulated tensors must never meet torch's
+        C++ kernels outside it, so it spans the whole session."""
+        if self._target is not None and self._target.name == "emulated" and self._emulation is None:
+            from pytest_mps.emulated_target import start_emulation
+
+            self._emulation = start_emulation()
+
+    def stop(self) -> None:
+        """Drop cached pipelines and leave the emulated device, restoring torch as it was."""
+        if self._pipelines is not None:
+            self._pipelines.clear()
+        if self._emulation is not None:
+            emulation, self._emulation = self._emulation, None
+            emulation.__exit__(None, None, None)
 
     @property
     def pipelines(self) -> PipelineCache:
@@ -181,6 +198,29 @@ def pytest_configure(config: pytest.Config) -> None:
     except TargetError as exc:
         raise pytest.UsageError(str(exc)) from None
     config.stash[_SESSION_KEY] = session
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    session_of(session.config).start()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    mps_session = config.stash.get(_SESSION_KEY, None)
+    if mps_session is not None:
+        mps_session.stop()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """An emulated Metal abort (a buffer of 2**32 bytes or more) is a crash on a Mac: say so."""
+    report = yield
+    if call.excinfo is not None and call.excinfo.type.__name__ == "MPSAbortError":
+        text = str(call.excinfo.value).strip().splitlines()[0]
+        report.sections.append(
+            ("pytest-mps crash", f"CRASH: on a Mac this aborts the whole process (SIGABRT): {text}")
+        )
+        report.user_properties.append(("mps:crash", text))
+    return report
 
 
 def pytest_report_header(config: pytest.Config) -> str:
