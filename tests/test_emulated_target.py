@@ -1,0 +1,136 @@
+"""The emulated target in real pytest sessions: existing tests and checks run unchanged, MPS-only
+faults are caught, and an emulated Metal abort is a reported crash, not a dead pytest."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import FIXTURES
+
+DDPM = str(FIXTURES / "tiny-ddpm")
+
+FLOAT64_SCHEDULER = """
+import torch
+from diffusers import EulerDiscreteScheduler
+
+
+class Float64Scheduler(EulerDiscreteScheduler):
+    # Timesteps made float64 unconditionally (the recurring Diffusers regression): on MPS this raises.
+    def set_timesteps(self, num_inference_steps, device=None, **kwargs):
+        super().set_timesteps(num_inference_steps, device=device, **kwargs)
+        self.timesteps = self.timesteps.to(torch.float64)
+"""
+
+
+def test_existing_tests_run_unchanged(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        f"""
+        import pytest
+        import torch
+        from pytest_mps import assert_cpu_parity, assert_deterministic
+
+        @pytest.mark.mps
+        def test_device(mps_device, mps_target):
+            x = torch.ones(2, device=mps_device)
+            assert x.is_mps and x.device.type == "mps"
+            assert torch.backends.mps.is_available() and torch.backends.mps.is_built()
+            assert mps_target.label.startswith("emulated mps (stand-in")
+            torch.mps.synchronize()
+            torch.mps.empty_cache()
+
+        @pytest.mark.mps
+        def test_pipeline(mps_pipeline):
+            pipe = mps_pipeline({DDPM!r})
+            assert pipe.device.type == "mps"
+            r = assert_cpu_parity(pipe)
+            assert r.comparisons["target vs cpu"].max_abs == 0.0
+            assert_deterministic(pipe)
+
+        @pytest.mark.skip_mps(reason="not on MPS")
+        def test_skipped():
+            pass
+        """
+    )
+    result = pytester.runpytest("--mps-device", "emulated", "-rs")
+    result.assert_outcomes(passed=2, skipped=1)
+    result.stdout.fnmatch_lines(
+        ["*skipped on emulated mps (stand-in: MPS rules, CPU arithmetic): not on MPS"]
+    )
+
+
+def test_torch_is_restored_after_the_session(pytester: pytest.Pytester) -> None:
+    import torch
+
+    before = (torch.backends.mps.is_available, torch.Tensor.to, torch.Generator)
+    pytester.makepyfile("def test_a(mps_device):\n    pass\n")
+    pytester.runpytest("--mps-device", "emulated").assert_outcomes(passed=1)
+    assert (torch.backends.mps.is_available, torch.Tensor.to, torch.Generator) == before
+    assert not torch.backends.mps.is_available()
+
+
+def test_mps_only_numeric_fault_fails_parity(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        f"""
+        from pytest_mps import assert_cpu_parity
+
+        def test_kernel_bug(mps_pipeline):
+            pipe = mps_pipeline({DDPM!r})
+            # a "silent kernel bug": only tensors on the MPS device are off by 10%
+            def hook(module, args, out):
+                return type(out)(sample=out.sample * 1.1) if out.sample.is_mps else out
+            pipe.unet.register_forward_hook(hook)
+            assert_cpu_parity(pipe)
+        """
+    )
+    result = pytester.runpytest("--mps-device", "emulated")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        ["E * AssertionError: cpu_parity FAILED on emulated mps*", "*exceeds atol 0.03*"]
+    )
+
+
+@pytest.mark.parametrize("device", ["emulated", "cpu"])
+def test_float64_scheduler_fails_the_sweep(pytester: pytest.Pytester, device: str) -> None:
+    pytester.makepyfile(float64_scheduler=FLOAT64_SCHEDULER)
+    pytester.makepyfile(
+        f"""
+        from diffusers import EulerDiscreteScheduler
+        from float64_scheduler import Float64Scheduler
+        from pytest_mps import assert_schedulers_compatible
+
+        def test_sweep(mps_pipeline):
+            pipe = mps_pipeline({DDPM!r})
+            assert_schedulers_compatible(pipe, schedulers=[EulerDiscreteScheduler, Float64Scheduler])
+        """
+    )
+    result = pytester.runpytest("--mps-device", device, "-p", "no:randomly")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "E * AssertionError: schedulers FAILED on * 1/2 schedulers pass (failed: Float64Scheduler)",
+            "*Float64Scheduler: *float64*",
+        ]
+    )
+
+
+def test_oversized_buffer_is_a_reported_crash(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import torch
+
+        def test_huge(mps_device):
+            torch.empty(2**31, 3, dtype=torch.float32, device=mps_device)  # 24 GiB: never allocated
+
+        def test_after(mps_device):
+            assert torch.ones(1, device=mps_device).is_mps
+        """
+    )
+    result = pytester.runpytest("--mps-device", "emulated", "-rA")
+    result.assert_outcomes(failed=1, passed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*MPSAbortError*",
+            "*pytest-mps crash*",
+            "CRASH: on a Mac this aborts the whole process (SIGABRT): *",
+        ]
+    )
