@@ -53,4 +53,12 @@ def audit_hazards(pipe: Any, inputs: dict[str, Any]) -> list[str]:
     from pytest_mps.audit import audit
 
     report = audit(pipe, inputs)
-    return [finding.message for finding in report.findings if finding.severity in ("abort", "error")]
+    lines: list[str] = []
+    for finding in report.findings:
+        if finding.severity not in ("abort", "error"):
+            continue
+        where = " in ".join(p for p in (finding.module, finding.source) if p) or "unknown location"
+        line = f"emulated-MPS audit: {finding.kind} ({finding.severity}) at {where}: {finding.message}"
+        if line not in lines:
+            lines.append(line)
+    return lines
