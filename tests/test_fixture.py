@@ -236,3 +236,34 @@ def test_failing_check_reads_well_and_lands_in_the_session_table(pytester: pytes
     assert "pytest_mps/checks.py" not in result.stdout.str()  # helper frames are hidden
     junit = (pytester.path / "junit.xml").read_text()
     assert 'name="mps:cpu_parity:outcome" value="failed"' in junit
+
+
+def _fake_hub_cache(root, repo: str, source) -> None:
+    """A Hugging Face cache laid out as huggingface_hub does, holding ``source`` as ``repo``."""
+    import shutil
+
+    revision = "0123456789abcdef0123456789abcdef01234567"
+    entry = root / ("models--" + repo.replace("/", "--"))
+    shutil.copytree(source, entry / "snapshots" / revision)
+    (entry / "refs").mkdir()
+    (entry / "refs" / "main").write_text(revision)
+
+
+def test_hub_id_from_the_local_cache_never_downloads(pytester: pytest.Pytester) -> None:
+    cache = pytester.path / "hub-cache"
+    _fake_hub_cache(cache, "tiny-org/tiny-ddpm", FIXTURES / "tiny-ddpm")
+    pytester.makepyfile(
+        f"""
+        def test_cached(mps_pipeline):
+            pipe = mps_pipeline("tiny-org/tiny-ddpm", cache_dir={str(cache)!r})
+            assert type(pipe).__name__ == "DDPMPipeline"
+
+        def test_not_cached(mps_pipeline):
+            mps_pipeline("tiny-org/not-there", cache_dir={str(cache)!r})
+        """
+    )
+    result = pytester.runpytest("--mps-device", "cpu")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(
+        ["*'tiny-org/not-there' is neither a folder nor a hub id in the local cache*tests never download*"]
+    )
