@@ -73,6 +73,16 @@ def _synthetic_image(size: int, seed: int) -> Any:
     return Image.fromarray((rgb * 255).round().astype(np.uint8))
 
 
+def _synthetic_mask(size: int) -> Any:
+    """A deterministic inpainting mask: the centre square is repainted."""
+    import numpy as np
+    from PIL import Image
+
+    mask = np.zeros((size, size), dtype=np.uint8)
+    mask[size // 4 : 3 * size // 4, size // 4 : 3 * size // 4] = 255
+    return Image.fromarray(mask)
+
+
 def _class_labels(pipe: Any, batch_size: int) -> list[int]:
     labels = getattr(pipe, "labels", None)
     if isinstance(labels, dict) and labels:
@@ -131,10 +141,18 @@ def default_inputs(
         inputs["height"] = height or size
         inputs["width"] = width or size
     image = params.get("image")
-    if image is not None and (image.default is inspect.Parameter.empty or "strength" in params):
+    needs_image = image is not None and (
+        image.default is inspect.Parameter.empty
+        or "strength" in params  # image-to-image, inpainting
+        or "controlnet" in getattr(pipe, "components", {})  # the control image
+    )
+    if needs_image:
         side = inputs.get("height") or size or 64
         images = [_synthetic_image(side, seed + i) for i in range(batch_size)]
         inputs["image"] = images[0] if batch_size == 1 else images
+        if "mask_image" in params:
+            masks = [_synthetic_mask(side) for _ in range(batch_size)]
+            inputs["mask_image"] = masks[0] if batch_size == 1 else masks
     if "num_inference_steps" in params:
         inputs["num_inference_steps"] = steps
     if "generator" in params:

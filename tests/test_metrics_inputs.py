@@ -118,3 +118,14 @@ def test_split_batch_reproduces_each_item(pipes) -> None:
     singles = split_batch(batch, 2)
     assert [s["class_labels"] for s in singles] == [[batch["class_labels"][0]], [batch["class_labels"][1]]]
     assert [s["generator"].initial_seed() for s in singles] == [0, 1]
+
+
+def test_image_to_image_and_inpainting_inputs(pipes) -> None:
+    from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionInpaintPipeline
+
+    components = pipes["tiny-sd"].components
+    img2img = default_inputs(StableDiffusionImg2ImgPipeline(**components), batch_size=2)
+    assert [im.size for im in img2img["image"]] == [(64, 64), (64, 64)] and "mask_image" not in img2img
+    inpaint = default_inputs(StableDiffusionInpaintPipeline(**components))
+    assert inpaint["image"].size == inpaint["mask_image"].size == (64, 64)
+    assert inpaint["mask_image"].getpixel((32, 32)) == 255 and inpaint["mask_image"].getpixel((0, 0)) == 0
