@@ -13,11 +13,24 @@ import time
 import traceback
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pytest_mps.emulation.findings import SEVERITIES, Finding, merge_findings
 
-__all__ = ["AuditReport", "assert_no_mps_hazards", "audit", "audit_module"]
+if TYPE_CHECKING:
+    from pytest_mps.emulation.shape_trace import TensorSpec, spec
+
+__all__ = ["AuditReport", "TensorSpec", "assert_no_mps_hazards", "audit", "audit_module", "spec"]
+
+
+def __getattr__(name: str) -> Any:
+    # spec()/TensorSpec describe audit_module's example inputs; imported on use (they import torch).
+    if name in ("spec", "TensorSpec"):
+        from pytest_mps.emulation import shape_trace
+
+        return getattr(shape_trace, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 _LABEL = "emulated mps (stand-in: MPS rules, CPU arithmetic)"
 _TRACE_LABEL = "emulated mps, meta trace (stand-in: MPS rules, shapes only, nothing allocated)"

@@ -57,6 +57,24 @@ class MPSSession:
 
             self._emulation = start_emulation()
 
+    @property
+    def emulation(self) -> Any:
+        """The session's active ``EmulatedMPS``, or None."""
+        return self._emulation
+
+    def emulation_notes(self) -> list[str]:
+        """Warnings and CPU fallbacks the emulated device recorded (they do not raise on a Mac
+        either, but cost speed or portability), one line each, repeats folded."""
+        if self._emulation is None:
+            return []
+        lines: dict[str, int] = {}
+        for finding in self._emulation.findings:
+            if finding.severity in ("warning", "fallback"):
+                where = " in ".join(p for p in (finding.module, finding.source) if p) or "unknown location"
+                line = f"{finding.severity}: {finding.kind} {finding.op} at {where}"
+                lines[line] = lines.get(line, 0) + getattr(finding, "count", 1)
+        return [f"{line} (x{count})" if count > 1 else line for line, count in lines.items()]
+
     def stop(self) -> None:
         """Drop cached pipelines and leave the emulated device, restoring torch as it was."""
         if self._pipelines is not None:
@@ -380,6 +398,8 @@ def mps_pipeline(request: pytest.FixtureRequest, mps_target: Target) -> Iterator
             ),
         )
         used.append(key)
+        if session.emulation is not None:  # findings then name "unet.down_blocks.0..." paths
+            session.emulation.name_modules(pipe.components)
         return pipe
 
     yield factory
@@ -391,10 +411,18 @@ def mps_pipeline(request: pytest.FixtureRequest, mps_target: Target) -> Iterator
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
     session = config.stash.get(_SESSION_KEY, None)
-    if session is None or not session.results:
+    if session is None:
+        return
+    notes = session.emulation_notes()
+    if not session.results and not notes:
         return
     from pytest_mps.summary import summary_lines
 
     terminalreporter.section("pytest-mps")
-    for line in summary_lines(session.results, session.target):
-        terminalreporter.write_line(line)
+    if session.results:
+        for line in summary_lines(session.results, session.target):
+            terminalreporter.write_line(line)
+    if notes:
+        terminalreporter.write_line("emulated-MPS notes (no error on a Mac, but slower or less portable):")
+        for line in notes:
+            terminalreporter.write_line(f"  {line}")

@@ -80,20 +80,32 @@ def training_modules(pipe: Any) -> list[str]:
     return names
 
 
-def run_pipeline(pipe: Any, inputs: dict[str, Any], target: Target | None = None) -> Run:
+def run_pipeline(
+    pipe: Any, inputs: dict[str, Any], target: Target | None = None, *, global_seed: int | None = 0
+) -> Run:
     """Call ``pipe`` on a fresh copy of ``inputs`` (generators renewed) without autograd, and time it
-    with the target synchronised before the clock is read."""
+    with the target synchronised before the clock is read.
+
+    Some pipelines draw from the global RNG as well as from the generator they are given (DiT passes
+    none to ``scheduler.step``, so ancestral schedulers draw globally): ``global_seed`` seeds it for
+    the call, inside a fork that leaves the caller's RNG state untouched. ``None`` leaves it alone
+    (the determinism check, which must see a module that draws unseeded noise).
+    """
     import torch
 
     call = fresh_inputs(inputs)
     if target is not None:
         target.synchronize()
-    start = time.perf_counter()
-    with torch.inference_mode():
-        output = pipe(**call)
-        if target is not None:
-            target.synchronize()
-    seconds = time.perf_counter() - start
+    rng = torch.random.fork_rng(devices=[]) if global_seed is not None else contextlib.nullcontext()
+    with rng:
+        if global_seed is not None:
+            torch.random.manual_seed(global_seed)
+        start = time.perf_counter()
+        with torch.inference_mode():
+            output = pipe(**call)
+            if target is not None:
+                target.synchronize()
+        seconds = time.perf_counter() - start
     array = output_array(output)
     return Run(array.astype("float32", copy=False), seconds, str(array.dtype))
 

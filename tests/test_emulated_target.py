@@ -134,3 +134,29 @@ def test_oversized_buffer_is_a_reported_crash(pytester: pytest.Pytester) -> None
             "CRASH: on a Mac this aborts the whole process (SIGABRT): *",
         ]
     )
+
+
+def test_missing_kernel_error_and_fallback_note(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytester.makepyfile(
+        """
+        import torch
+        import torch.nn.functional as F
+
+        def test_pool3d(mps_device):
+            x = torch.ones(1, 1, 4, 4, 4, device=mps_device)
+            assert F.adaptive_avg_pool3d(x, 2).is_mps
+        """
+    )
+    result = pytester.runpytest("--mps-device", "emulated")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        ["E * NotImplementedError: The operator 'aten::_adaptive_avg_pool3d' is not *"]
+    )
+    monkeypatch.setenv("PYTORCH_ENABLE_MPS_FALLBACK", "1")
+    result = pytester.runpytest("--mps-device", "emulated", "-W", "ignore::UserWarning")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(
+        ["emulated-MPS notes (no error on a Mac, but slower or less portable):", "  fallback: *pool3d*"]
+    )
