@@ -23,7 +23,7 @@ from pytest_mps.context import CheckContext, current_context
 from pytest_mps.inputs import default_inputs, fresh_inputs, split_batch
 from pytest_mps.metrics import Comparison, compare, defects
 from pytest_mps.results import CheckResult, format_figure
-from pytest_mps.running import Run, moved, run_pipeline, training_modules
+from pytest_mps.running import Run, moved, noise_in_float32, run_pipeline, training_modules
 from pytest_mps.tolerances import Tolerance, resolve_tolerance
 from pytest_mps.warnings import TrainingModeWarning
 
@@ -459,7 +459,7 @@ def assert_float16_parity(
     call = _inputs(pipe, inputs)
     result = _new_result(ctx, "float16", pipe, tolerance)
     reference, origin = cpu_reference(pipe, call, dtype=torch.float32, ctx=ctx)
-    with moved(pipe, dtype=torch.float16):
+    with moved(pipe, dtype=torch.float16), noise_in_float32():
         half = run_pipeline(pipe, call, ctx.target)
     comparison, failures = judge(
         half.array, reference.array, tolerance, what="float16 target", against="float32 CPU"

@@ -8,18 +8,32 @@ import json
 import weakref
 from typing import Any
 
-__all__ = ["inputs_fingerprint", "pipeline_fingerprint", "weights_digest"]
+__all__ = ["inputs_fingerprint", "pipeline_fingerprint", "tensor_state", "weights_digest"]
 
 # module -> (state version, digest): hashing the weights of a real model costs a second, once.
 _DIGESTS: weakref.WeakKeyDictionary[Any, tuple[tuple[Any, ...], str]] = weakref.WeakKeyDictionary()
 
 
-def _state_version(module: Any) -> tuple[Any, ...]:
-    # torch bumps a tensor's version counter on every in-place change; dtype/shape cover conversions.
-    return tuple(
-        (name, str(t.dtype), tuple(t.shape), t._version)
-        for name, t in list(module.named_parameters()) + list(module.named_buffers())
-    )
+def tensor_state(module: Any, *, device: bool = False) -> tuple[Any, ...]:
+    """A cheap fingerprint of a module's tensors that changes when they are converted or edited.
+
+    Parameters keep their version counter across device moves (torch bumps it on every in-place
+    change), so it is part of the fingerprint. Buffers are replaced by new tensors on every move,
+    which restarts their counter: their (small) contents are hashed instead.
+    """
+    from pytest_mps.devices import plain_cpu
+
+    state: list[Any] = []
+    for name, t in module.named_parameters():
+        state.append((name, str(t.dtype), tuple(t.shape), t._version, str(t.device) if device else ""))
+    for name, t in module.named_buffers():
+        entry: tuple[Any, ...] = (name, str(t.dtype), tuple(t.shape), str(t.device) if device else "")
+        if t.numel() <= 1 << 20:
+            data = plain_cpu(t.detach().to("cpu")).contiguous()
+            raw = data.view(-1).view(__import__("torch").uint8).numpy().tobytes() if data.numel() else b""
+            entry += (hashlib.blake2b(raw, digest_size=8).hexdigest(),)
+        state.append(entry)
+    return tuple(state)
 
 
 def _module_digest(module: Any) -> str:
@@ -27,7 +41,7 @@ def _module_digest(module: Any) -> str:
 
     from pytest_mps.devices import plain_cpu
 
-    version = _state_version(module)
+    version = tensor_state(module)
     cached = _DIGESTS.get(module)
     if cached is not None and cached[0] == version:
         return cached[1]

@@ -183,16 +183,17 @@ def _restore_module_state(state: list[tuple[Any, dict[str, Any]]]) -> None:
 
 
 def weights_state(pipe: Any) -> tuple[Any, ...]:
-    """Names, dtypes, devices, shapes and version counters of every tensor: changes when a test
-    converts, moves or edits the weights in place."""
+    """A fingerprint of every component's tensors (dtype, device, shape, edits): changes when a test
+    converts, moves or edits the weights in place (see :func:`pytest_mps.keys.tensor_state`)."""
     import torch
 
-    out = []
-    for name, component in sorted(pipe.components.items()):
-        if isinstance(component, torch.nn.Module):
-            for key, t in list(component.named_parameters()) + list(component.named_buffers()):
-                out.append((name, key, str(t.dtype), str(t.device), tuple(t.shape), t._version))
-    return tuple(out)
+    from pytest_mps.keys import tensor_state
+
+    return tuple(
+        (name, tensor_state(component, device=True))
+        for name, component in sorted(pipe.components.items())
+        if isinstance(component, torch.nn.Module)
+    )
 
 
 @dataclass

@@ -9,7 +9,9 @@ Defaults and their sources:
   ``max_cosine_distance=1e-3``. Measured on an H100 stand-in (see README, "Measurements"): the largest
   honest divergence, a full-size SD-1.5-shaped pipeline at 512x512 with TF32 convolutions, stays far below.
 - ``batch_consistency``: ``atol=3e-3`` (Diffusers' batch-vs-single tolerance for Stable Diffusion).
-- ``attention_slicing``: ``atol=1e-3`` (Diffusers' ``test_attention_slicing_forward_pass``).
+- ``attention_slicing``: ``atol=3e-3``: Diffusers' ``test_attention_slicing_forward_pass`` uses 1e-3 on
+  tiny models, but a full-size SD-1.5-shaped pipeline at 512x512 on an H100 with cuDNN's default TF32
+  differed by 1.13e-3 between sliced and unsliced attention (with TF32 off: 3.8e-6).
 - ``determinism``: ``atol=1e-5``: repeated runs on one device should agree to rounding.
 - ``float16``: ``max_cosine_distance=5e-2`` (Diffusers' float16-vs-float32 threshold); no atol.
 """
@@ -27,7 +29,7 @@ TOLERANCE_FIELDS = ("atol", "rtol", "max_cosine_distance", "min_psnr", "max_rms"
 CHECK_DEFAULTS: dict[str, dict[str, float | None]] = {
     "cpu_parity": {"atol": 3e-2, "rtol": 0.0, "max_cosine_distance": 1e-3},
     "batch_consistency": {"atol": 3e-3, "rtol": 0.0, "max_cosine_distance": 1e-4},
-    "attention_slicing": {"atol": 1e-3, "rtol": 0.0, "max_cosine_distance": 1e-4},
+    "attention_slicing": {"atol": 3e-3, "rtol": 0.0, "max_cosine_distance": 1e-4},
     "determinism": {"atol": 1e-5, "rtol": 0.0, "max_cosine_distance": 1e-6},
     "float16": {"atol": None, "rtol": 0.0, "max_cosine_distance": 5e-2},
     "schedulers": {"atol": 3e-2, "rtol": 0.0, "max_cosine_distance": 1e-3},

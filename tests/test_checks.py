@@ -95,7 +95,7 @@ def test_slicing_dependent_processor_fails_slicing_check(monkeypatch: pytest.Mon
     before = {k: type(v) for k, v in pipe.unet.attn_processors.items()}
     monkeypatch.setattr(attention_processor.SlicedAttnProcessor, "__call__", wrong)
     with pytest.raises(
-        AssertionError, match=r"attention_slicing FAILED .*\n.*max \|diff\| .* exceeds atol 1.00e-03"
+        AssertionError, match=r"attention_slicing FAILED .*\n.*max \|diff\| .* exceeds atol 3.00e-03"
     ):
         assert_attention_slicing_parity(pipe)
     # the check restores the processors it replaced

@@ -98,7 +98,7 @@ def test_teardown_frees_target_memory(pytester: pytest.Pytester, monkeypatch: py
     from pytest_mps.target import Target
 
     calls = []
-    monkeypatch.setattr(Target, "empty_cache", lambda self: calls.append(self.name))
+    monkeypatch.setattr(Target, "empty_cache", lambda self, **kw: calls.append(self.name))
     pytester.makepyfile(
         f"def test_a(mps_pipeline):\n    mps_pipeline({DDPM!r})\n\n"
         f"def test_b(mps_pipeline):\n    mps_pipeline({DDPM!r})\n\n"
