@@ -11,7 +11,8 @@ Usage::
    milliseconds and the ratio to CPU (goal: emulation under 3x CPU). Warm-up calls come first (they load
    the op-coverage table and fill the per-signature kernel cache, once per process).
 2. An SDXL-shaped ``UNet2DConditionModel`` is built from a hand-written config on the meta device (no
-   download, no weights) and audited at 1024x1024 (and 2048x2048) with :func:`pytest_mps.audit.audit_module`;
+   download, no weights) and audited at 1024x1024 (and 2048x2048)
+   with :func:`pytest_mps.hazard_audit.audit_module`;
    reported: build time, audit time, findings, and how much the process's peak RSS grew.
 
 Not a test: numbers depend on the machine; min is the least noisy statistic on a shared machine.
@@ -35,9 +36,9 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
-from pytest_mps.audit import audit, audit_module  # noqa: E402
 from pytest_mps.emulation import EmulatedMPS  # noqa: E402
 from pytest_mps.emulation.shape_trace import spec  # noqa: E402
+from pytest_mps.hazard_audit import audit, audit_module  # noqa: E402
 
 # SDXL base 1.0's UNet config (stabilityai/stable-diffusion-xl-base-1.0, unet/config.json), by hand.
 SDXL_UNET_CONFIG: dict[str, Any] = {

@@ -31,11 +31,22 @@ _EXPORTS: dict[str, str] = {
     "assert_deterministic": "pytest_mps.checks",
     "assert_float16_parity": "pytest_mps.checks",
     "assert_schedulers_compatible": "pytest_mps.checks",
+    "audit": "pytest_mps.hazard_audit",
+    "audit_module": "pytest_mps.hazard_audit",
+    "assert_no_mps_hazards": "pytest_mps.hazard_audit",
+    "AuditReport": "pytest_mps.hazard_audit",
+    "Finding": "pytest_mps.emulation.findings",
+    "MPSAbortError": "pytest_mps.emulation.errors",
+    "EmulatedMPS": "pytest_mps.emulation.emulator",
 }
 
 __all__ = [
+    "AuditReport",
     "CheckResult",
     "Comparison",
+    "EmulatedMPS",
+    "Finding",
+    "MPSAbortError",
     "MPSEnvironment",
     "PipelineLoadError",
     "PytestMPSWarning",
@@ -48,7 +59,10 @@ __all__ = [
     "assert_cpu_parity",
     "assert_deterministic",
     "assert_float16_parity",
+    "assert_no_mps_hazards",
     "assert_schedulers_compatible",
+    "audit",
+    "audit_module",
     "default_inputs",
     "detect_environment",
     "load_pipeline",
@@ -64,7 +78,11 @@ if TYPE_CHECKING:
         assert_float16_parity,
         assert_schedulers_compatible,
     )
+    from pytest_mps.emulation.emulator import EmulatedMPS
+    from pytest_mps.emulation.errors import MPSAbortError
+    from pytest_mps.emulation.findings import Finding
     from pytest_mps.environment import MPSEnvironment, detect_environment
+    from pytest_mps.hazard_audit import AuditReport, assert_no_mps_hazards, audit, audit_module
     from pytest_mps.inputs import default_inputs
     from pytest_mps.metrics import Comparison
     from pytest_mps.pipelines import PipelineLoadError, load_pipeline

@@ -241,13 +241,17 @@ def _batched(pipe: Any, inputs: dict[str, Any], batch_size: int) -> dict[str, An
     import torch
 
     out = fresh_inputs(inputs)
-    for key in ("prompt", "negative_prompt", "class_labels", "image"):
+    for key in ("prompt", "negative_prompt", "class_labels", "image", "mask_image"):
         value = out.get(key)
         if value is not None and not isinstance(value, list):
             out[key] = [value] * batch_size
+        elif isinstance(value, list) and len(value) == 1:  # DiT's one-item class_labels
+            out[key] = value * batch_size
     if "batch_size" in out:
         out["batch_size"] = batch_size
     generator = out.get("generator")
+    if isinstance(generator, list) and len(generator) == 1:
+        generator = generator[0]
     if isinstance(generator, torch.Generator):
         seed = generator.initial_seed()
         out["generator"] = [

@@ -50,7 +50,7 @@ def cpu_arithmetic() -> contextlib.AbstractContextManager[None]:
 def audit_hazards(pipe: Any, inputs: dict[str, Any]) -> list[str]:
     """Run the emulated-MPS hazard audit on ``pipe`` with ``inputs`` and return one line per finding
     of severity ``abort`` or ``error`` (empty when MPS would run it)."""
-    from pytest_mps.audit import audit
+    from pytest_mps.hazard_audit import audit
 
     report = audit(pipe, inputs)
     lines: list[str] = []

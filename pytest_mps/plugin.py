@@ -33,6 +33,10 @@ if TYPE_CHECKING:
 
 __all__ = ["MPSSession", "session_of"]
 
+# The compatibility suite (pytest-mps check, crash isolation) and the reports/reference store are
+# plugins of their own, loaded with this one; both are import-light.
+pytest_plugins = ["pytest_mps.check_plugin", "pytest_mps.report_plugin"]
+
 
 class MPSSession:
     """The plugin's per-session state: the requested target, resolved on first need, and the
@@ -403,10 +407,10 @@ def mps_pipeline(request: pytest.FixtureRequest, mps_target: Target) -> Iterator
         return pipe
 
     yield factory
-    for key in used:
-        session.pipelines.checkin(key)
+    kept = [session.pipelines.checkin(key) for key in used]
     if used:
-        mps_target.empty_cache()
+        # A dropped pipeline leaves garbage worth collecting; a kept one only cached blocks.
+        mps_target.empty_cache(collect=not all(kept))
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
@@ -414,13 +418,15 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     if session is None:
         return
     notes = session.emulation_notes()
-    if not session.results and not notes:
+    # The bundled suite's results get their own verdict table (check_plugin).
+    results = [r for r in session.results if "suite_check" not in r.details]
+    if not results and not notes:
         return
     from pytest_mps.summary import summary_lines
 
     terminalreporter.section("pytest-mps")
-    if session.results:
-        for line in summary_lines(session.results, session.target):
+    if results:
+        for line in summary_lines(results, session.target):
             terminalreporter.write_line(line)
     if notes:
         terminalreporter.write_line("emulated-MPS notes (no error on a Mac, but slower or less portable):")

@@ -28,10 +28,10 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, DiffusionPipeline, UNet2DConditionModel
 
-from pytest_mps.audit import AuditReport, assert_no_mps_hazards, audit, audit_module
 from pytest_mps.emulation import EmulatedMPS, Finding, MPSAbortError
 from pytest_mps.emulation.errors import missing_kernel_message
 from pytest_mps.emulation.shape_trace import spec
+from pytest_mps.hazard_audit import AuditReport, assert_no_mps_hazards, audit, audit_module
 from pytest_mps.inputs import default_inputs
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"

@@ -1,0 +1,361 @@
+"""``pytest-mps check``: the verdict table on the bundled tiny pipelines, planted faults named by their
+check, bad input as one line, pytest's options passing through, and the suite under plain pytest."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from pytest_mps import cli
+from pytest_mps.check_plugin import Cell, SuiteState, verdict_lines
+from pytest_mps.suite import CHECKS, REQUIRED, Loaded, PipelineSpec, SuiteSettings, run_check
+from pytest_mps.target import Target
+
+from conftest import FIXTURES
+
+TINY = ("tiny-sd", "tiny-ddpm", "tiny-dit")
+STANDIN_HEAD = "a pre-check on a stand-in, not an MPS verdict; no badge is awarded"
+
+
+def console_script() -> list[str]:
+    script = Path(sys.executable).with_name("pytest-mps")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "pytest_mps"]
+
+
+def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # 2 cores: no OpenMP spinning against the worker
+    env.pop("PYTEST_MPS_CRASH_PROBE", None)
+    return subprocess.run(
+        [*console_script(), *args], capture_output=True, text=True, env=env, timeout=timeout
+    )
+
+
+def table_of(out: str) -> list[str]:
+    return out[out.index("pytest-mps verdict") :].splitlines()
+
+
+def row_of(out: str, label: str) -> str:
+    return next(line for line in table_of(out) if line.startswith(f"{label} "))
+
+
+@pytest.fixture
+def one_thread() -> object:
+    """In-process runs use one intra-op thread: on a shared 2-core machine OpenMP's spinning threads
+    can make a 10 ms call take a second."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# --- the newcomer's command ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def bundled(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess[str], Path]:
+    """``pytest-mps check`` on the three tiny pipelines, once, with a JUnit report passed through."""
+    junit = tmp_path_factory.mktemp("bundled") / "junit.xml"
+    done = run_cli("check", *(str(FIXTURES / name) for name in TINY), f"--junitxml={junit}")
+    return done, junit
+
+
+def test_the_bundled_pipelines_pass_as_a_standin_precheck(bundled) -> None:
+    done, _ = bundled
+    out = done.stdout
+    assert done.returncode == 0, out + done.stderr
+    assert "30 passed" in out and "Traceback" not in out
+    table = table_of(out)
+    assert STANDIN_HEAD in table[1]
+    header = table[2].split()
+    assert header == ["pipeline", *CHECKS, "verdict"]
+    for name in TINY:
+        row = row_of(out, name)
+        assert "FAIL" not in row and "CRASH" not in row
+        assert row.endswith(("pre-check passed (emulated)", "pre-check passed (cpu stand-in)"))
+    assert "earns the MPS badge" not in out
+
+
+def test_the_run_shows_progress_and_says_it_is_a_standin(bundled) -> None:
+    out = bundled[0].stdout
+    assert "mps check: 3 pipeline(s): tiny-sd, tiny-ddpm, tiny-dit | target " in out
+    assert "a pre-check, never an MPS verdict" in out
+    assert "crash isolation on (a worker process per pipeline; 600s limit per check)" in out
+    assert "test_compat.py::test_load[tiny-sd] PASSED" in out  # -v: one line per check as it runs
+    assert "speed is information only on a stand-in" in out
+
+
+def test_junit_xml_carries_the_results(bundled) -> None:
+    tree = ET.parse(bundled[1])
+    cases = list(tree.iter("testcase"))
+    assert len(cases) == 30
+    parity = next(c for c in cases if c.get("name") == "test_cpu_parity[tiny-ddpm]")
+    props = {p.get("name"): p.get("value") for p in parity.iter("property")}
+    assert props["mps_suite"] == "tiny-ddpm::cpu_parity"
+    assert json.loads(str(props["mps_suite_cell"]))["state"] == "ok"
+    result = json.loads(str(props["pytest_mps_result"]))
+    assert result["pipeline"] == "tiny-ddpm" and result["real_mps"] is False
+
+
+# --- planted faults --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def faulty(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Copies of tiny-ddpm with one fault each."""
+    root = tmp_path_factory.mktemp("faulty")
+
+    def copy(name: str) -> tuple[Path, Path]:
+        folder = root / name
+        shutil.copytree(FIXTURES / "tiny-ddpm", folder)
+        return folder, folder / "unet" / "diffusion_pytorch_model.safetensors"
+
+    _, weights = copy("nan-weights")
+    state = load_file(weights)
+    state["conv_out.weight"] = torch.full_like(state["conv_out.weight"], float("nan"))
+    save_file(state, weights)
+    folder, _ = copy("bad-scheduler")
+    config = folder / "scheduler" / "scheduler_config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "prediction_type": "bogus"}))
+    folder, weights = copy("bin-only")
+    torch.save(load_file(weights), weights.with_suffix(".bin"))
+    weights.unlink()
+    _, weights = copy("corrupt")
+    weights.write_bytes(weights.read_bytes()[:1000])
+    return root
+
+
+def test_planted_faults_fail_and_the_table_names_the_check(
+    faulty: Path, capsys: pytest.CaptureFixture[str], one_thread: object
+) -> None:
+    folders = [str(faulty / n) for n in ("nan-weights", "bad-scheduler", "bin-only", "corrupt")]
+    status = cli.main(["check", *folders, "--no-isolate", "--checks", "load,inference,cpu_parity,schedulers"])
+    out = capsys.readouterr().out
+    assert status == 1, out
+    assert "Traceback" not in out
+    assert row_of(out, "nan-weights").endswith("fails: inference, cpu_parity, schedulers")
+    assert "FAIL NaN" in row_of(out, "nan-weights")
+    assert "nan-weights inference, cpu_parity: target output contains NaN/Inf" in out
+    assert row_of(out, "bad-scheduler").endswith("fails: inference, cpu_parity")
+    assert "FAIL ValueError" in row_of(out, "bad-scheduler")
+    assert "raised ValueError: prediction_type given as bogus must be one of" in out
+    for name in ("bin-only", "corrupt"):
+        assert row_of(out, name).endswith("fails: load")
+    assert "bin-only load: " in out and "refusing to unpickle them (it can run code)" in out
+    assert "corrupt load: " in out and "a safetensors file is corrupt or truncated" in out
+    assert "skipped inference, cpu_parity, schedulers (bin-only): bin-only did not load" in out
+
+
+def test_pickled_weights_load_when_the_user_opts_in(
+    faulty: Path, capsys: pytest.CaptureFixture[str], one_thread: object
+) -> None:
+    folder = str(faulty / "bin-only")
+    status = cli.main(["check", folder, "--no-isolate", "--allow-pickle", "--checks", "load,inference"])
+    out = capsys.readouterr().out
+    assert status == 0, out
+    assert row_of(out, "bin-only").startswith("bin-only  ok ")
+
+
+# --- bad input: one line, exit status 2 ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["fixtures/no-such-pipeline"],
+            "pipeline folder fixtures/no-such-pipeline does not exist; check the path",
+        ),
+        (["pytest_mps"], "pytest_mps is not a Diffusers pipeline folder (no model_index.json)"),
+        (["fixtures/tiny-ddpm", "--device", "metal"], "unknown device 'metal'; choose one of auto, mps,"),
+        (["fixtures/tiny-ddpm", "--device", "mps"], "--device mps: MPS is unavailable: "),
+    ],
+)
+def test_bad_input_is_one_line_from_the_console_script(args: list[str], message: str) -> None:
+    done = subprocess.run(
+        [*console_script(), "check", *args], capture_output=True, text=True, timeout=120, cwd=FIXTURES.parent
+    )
+    assert done.returncode == 2
+    assert done.stdout == ""
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("pytest-mps check: error: ") and message in lines[0]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--schedulers", "EulerDiscrete"],
+            "unknown scheduler 'EulerDiscrete'; did you mean EulerDiscreteScheduler",
+        ),
+        (["--checks", "parity"], "unknown check(s) parity; choose from load, inference, cpu_parity"),
+        (["--steps", "x"], "argument --steps: invalid int value: 'x'"),
+        (["--steps", "0"], "--steps 0: needs at least 1 step"),
+        (
+            ["--frob", "out.xml"],
+            "pipeline folder out.xml does not exist; check the path (if it is the value",
+        ),
+    ],
+)
+def test_bad_options_are_one_line(args: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["check", str(FIXTURES / "tiny-ddpm"), *args]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.count("\n") == 1 and message in captured.err
+
+
+def test_commands(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    assert cli.main(["--help"]) == 0
+    assert "pytest-mps check fixtures/tiny-sd fixtures/tiny-ddpm fixtures/tiny-dit" in capsys.readouterr().out
+    assert cli.main(["check"]) == 2
+    assert "give at least one pipeline folder" in capsys.readouterr().err
+    assert cli.main(["frobnicate"]) == 2
+    assert "unknown command 'frobnicate'" in capsys.readouterr().err
+    import importlib.util
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
+    assert cli.main(["merge", "x.json"]) == 2
+    assert "this installation has no pytest_mps.merge module" in capsys.readouterr().err
+
+
+def test_python_dash_m_is_the_cli() -> None:
+    done = subprocess.run([sys.executable, "-m", "pytest_mps", "--version"], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.startswith("pytest-mps ")
+
+
+def test_words_for_pytest_are_told_apart_from_pipeline_folders() -> None:
+    ours, paths, passthrough = cli._split(
+        [
+            "a",
+            "-x",
+            "b",
+            "--steps",
+            "3",
+            "-k",
+            "parity",
+            "--junitxml=j.xml",
+            "--size=64",
+            "c",
+            "--",
+            "-q",
+            "d",
+        ]
+    )
+    assert paths == ["a", "b", "c"]
+    assert ours == ["--steps", "3", "--size=64"]
+    assert passthrough == ["-x", "-k", "parity", "--junitxml=j.xml", "-q", "d"]
+
+
+# --- the suite under a project's own pytest --------------------------------------------------------
+
+
+def test_the_suite_runs_under_plain_pytest_with_k(pytester: pytest.Pytester, one_thread: object) -> None:
+    result = pytester.runpytest(
+        "-p",
+        "pytest_mps.check_plugin",
+        "--pyargs",
+        "pytest_mps.suite",
+        "--mps-pipelines",
+        str(FIXTURES / "tiny-ddpm"),
+        "--mps-device",
+        "cpu",
+        "-k",
+        "parity",
+    )
+    result.assert_outcomes(passed=1)
+    out = result.stdout.str()
+    assert "test_cpu_parity[tiny-ddpm] PASSED" in out or "1 passed, 9 deselected" in out
+    assert "crash isolation off (a crash on the target ends the session)" in out
+    row = row_of(out, "tiny-ddpm")
+    assert row.split()[1:3] == ["ok", "0"]
+    assert row.endswith(
+        "pre-check passed (cpu stand-in); not run: " + ", ".join(n for n in REQUIRED if n != "cpu_parity")
+    )
+
+
+def test_no_pipelines_is_a_skip_with_the_reason(pytester: pytest.Pytester) -> None:
+    result = pytester.runpytest("-p", "pytest_mps.check_plugin", "--pyargs", "pytest_mps.suite", "-rs")
+    result.assert_outcomes(skipped=10)
+    result.stdout.fnmatch_lines(["*no pipelines to check: pass --mps-pipelines PATH*"])
+
+
+def test_loading_the_plugin_imports_nothing_heavy(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("import sys\n\ndef test_a():\n    assert 'torch' not in sys.modules\n")
+    result = pytester.runpytest_subprocess("-p", "pytest_mps.check_plugin", "--mps-checks", "cpu_parity")
+    result.assert_outcomes(passed=1)
+
+
+# --- the verdict: only real MPS earns the badge ----------------------------------------------------
+
+
+def _state(cells: dict[str, Cell]) -> SuiteState:
+    return SuiteState(
+        specs=[PipelineSpec("/x/p", "p")], isolate=True, timeout=600, checks=list(CHECKS), cells={"p": cells}
+    )
+
+
+def _all_ok(speed: str = "2.50x") -> dict[str, Cell]:
+    cells = {name: Cell("ok", "0") for name in REQUIRED}
+    cells["speed"] = Cell("ok", speed)
+    return cells
+
+
+def test_only_real_mps_with_every_check_and_a_speedup_earns_the_badge() -> None:
+    def verdict(cells: dict[str, Cell], target: Target) -> str:
+        return verdict_lines(_state(cells), target)[3].split("  ")[-1]
+
+    mps = Target("mps", "mps")
+    assert verdict(_all_ok(), mps) == "earns the MPS badge (2.50x faster than the CPU)"
+    slow = _all_ok()
+    slow["speed"] = Cell("FAIL", "0.80x", "MPS is no faster than the CPU")
+    assert verdict(slow, mps) == "fails: speed (0.80x the CPU's speed)"
+    partial = _all_ok()
+    del partial["float16"]
+    assert verdict(partial, mps).startswith("no badge yet: float16 not run")
+    for name, kind in (("emulated", "emulated"), ("cuda", "cuda stand-in"), ("cpu", "cpu stand-in")):
+        lines = verdict_lines(_state(_all_ok()), Target(name, name))
+        assert STANDIN_HEAD in lines[0]
+        assert verdict(_all_ok(), Target(name, name)) == f"pre-check passed ({kind})"
+        assert not any("badge (" in line for line in lines)
+
+
+class _SlowMPS:
+    """A stand-in that calls itself real MPS and is slower than the CPU (its synchronize sleeps)."""
+
+    name = "mps"
+    label = "mps"
+    is_real_mps = True
+    available = True
+
+    def synchronize(self) -> None:
+        import time
+
+        time.sleep(0.2)
+
+
+def test_a_pipeline_no_faster_than_the_cpu_fails_the_speed_check_on_mps(one_thread: object) -> None:
+    from pytest_mps.pipelines import load_pipeline, prepare_pipeline
+    from pytest_mps.references import ReferenceCache
+    from pytest_mps.suite import Outcome, _inputs
+
+    pipe = prepare_pipeline(load_pipeline(FIXTURES / "tiny-ddpm"))
+    settings = SuiteSettings(device="mps")
+    target: Any = _SlowMPS()
+    loaded = Loaded(
+        PipelineSpec("x", "tiny-ddpm"), settings, target, Outcome(), pipe, references=ReferenceCache()
+    )
+    loaded.inputs = _inputs(pipe, settings)
+    result = run_check("speed", loaded).result
+    assert result is not None and not result.passed
+    assert result.failures[0].startswith("MPS is no faster than the CPU: 0.")
+    assert result.details["judged"] is True and result.details["speedup"] < 1.0

@@ -1,0 +1,146 @@
+"""``pytest-mps merge``: the JSON reports of CI shards or runners joined into one report (Markdown,
+HTML, JSON), each check keeping its runner; one-line errors for bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jsonschema
+import pytest
+from test_reports import SCHEMA, report_of, result
+
+from pytest_mps.merge import main
+from pytest_mps.reports.html import place_images
+from pytest_mps.reports.images import encode_images
+from pytest_mps.reports.json_report import write_json
+from pytest_mps.reports.markdown import BADGE
+
+
+def shard(folder: Path, *results, real_mps: bool) -> Path:
+    """A shard's outputs as ``--mps-report-json`` and ``--mps-report-html`` write them."""
+    report = report_of(*results, real_mps=real_mps)
+    images = {i: encode_images(r.images) for i, r in enumerate(results)}
+    place_images(report, folder / "html", images)
+    return write_json(report, folder / "report.json", images_root=folder / "html")
+
+
+@pytest.fixture
+def shards(tmp_path: Path) -> tuple[Path, Path]:
+    mac = shard(
+        tmp_path / "mac",
+        result(pipeline="StableDiffusionPipeline", real_mps=True, nodeid="t.py::test_sd"),
+        result(pipeline="DiTPipeline", real_mps=True, passed=False, shift=0.3, nodeid="t.py::test_dit"),
+        real_mps=True,
+    )
+    linux = shard(
+        tmp_path / "linux",
+        result(pipeline="DDPMPipeline", nodeid="t.py::test_ddpm"),
+        real_mps=False,
+    )
+    return mac, linux
+
+
+def test_merge_joins_shards(tmp_path: Path, shards: tuple[Path, Path], capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "merged"
+    code = main(
+        [
+            *map(str, shards),
+            "--md",
+            str(out / "r.md"),
+            "--html",
+            str(out / "html"),
+            "--json",
+            str(out / "r.json"),
+        ]
+    )
+    assert code == 0, capsys.readouterr().err
+    assert "merged 2 run(s): 3 checks, 2 passed, 1 failed (2 on real MPS)" in capsys.readouterr().out
+    merged = json.loads((out / "r.json").read_text())
+    jsonschema.validate(merged, SCHEMA)
+    assert [s["name"] for s in merged["sources"]] == ["report.json", "report.json"]
+    assert [(c["pipeline"], c["source"]) for c in merged["checks"]] == [
+        ("StableDiffusionPipeline", 0),
+        ("DiTPipeline", 0),
+        ("DDPMPipeline", 1),
+    ]
+    assert merged["sources"][1]["target"]["real_mps"] is False
+    assert merged["totals"] == {"checks": 3, "passed": 2, "failed": 1, "real_mps": 2, "standin": 1}
+    # images copied into the merged HTML folder; the merged JSON points at them
+    for check in merged["checks"]:
+        for name in ("cpu", "target", "diff"):
+            assert (out / check["images"][name]).is_file()
+    page = (out / "html" / "index.html").read_text()
+    assert page.count("<figure>") == 9 and "stand-in" in page
+    markdown = (out / "r.md").read_text()
+    assert markdown.count(BADGE) == 1
+    badge_row = next(line for line in markdown.splitlines() if BADGE in line)
+    assert badge_row.startswith("| StableDiffusionPipeline |")
+
+
+def test_a_merged_report_merges_again(tmp_path: Path, shards: tuple[Path, Path]) -> None:
+    once = tmp_path / "once.json"
+    assert main([str(shards[0]), "--json", str(once)]) == 0
+    assert main([str(once), str(shards[1]), "--json", str(tmp_path / "twice.json")]) == 0
+    twice = json.loads((tmp_path / "twice.json").read_text())
+    jsonschema.validate(twice, SCHEMA)
+    assert [c["source"] for c in twice["checks"]] == [0, 0, 1]
+    # without --html the merged JSON points at the shards' own images
+    assert (tmp_path / twice["checks"][0]["images"]["cpu"]).resolve().is_file()
+
+
+def test_a_real_mps_failure_in_any_shard_denies_the_badge(tmp_path: Path) -> None:
+    passing = shard(tmp_path / "a", result(pipeline="P", real_mps=True), real_mps=True)
+    failing = shard(tmp_path / "b", result(pipeline="P", real_mps=True, passed=False), real_mps=True)
+    assert main([str(passing), str(failing), "--md", str(tmp_path / "r.md")]) == 0
+    assert BADGE not in (tmp_path / "r.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "missing.json: no such file"),
+        ("{not json", "bad.json: not JSON (Expecting property name"),
+        (
+            '{"schema_version": 2, "checks": []}',
+            "bad.json: schema_version 2 is not supported (this pytest-mps reads 1)",
+        ),
+        ("[1, 2]", "bad.json: not a pytest-mps report (a JSON list, not an object)"),
+        ('{"checks": []}', "bad.json: not a pytest-mps report (no schema_version)"),
+    ],
+)
+def test_bad_input_is_one_line(
+    tmp_path: Path,
+    shards: tuple[Path, Path],
+    capsys: pytest.CaptureFixture,
+    content: str | None,
+    message: str,
+) -> None:
+    path = tmp_path / ("missing.json" if content is None else "bad.json")
+    if content is not None:
+        path.write_text(content)
+    assert main([str(shards[0]), str(path), "--md", str(tmp_path / "r.md")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("pytest-mps merge: error: ")
+    assert message in err
+    assert not (tmp_path / "r.md").exists()
+
+
+def test_broken_check_is_one_line(
+    tmp_path: Path, shards: tuple[Path, Path], capsys: pytest.CaptureFixture
+) -> None:
+    data = json.loads(shards[0].read_text())
+    data["checks"][0]["source"] = 7
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(data))
+    assert main([str(bad), "--md", str(tmp_path / "r.md")]) == 2
+    assert "bad.json: checks[0].source 7 names no source" in capsys.readouterr().err
+
+
+def test_usage_errors(tmp_path: Path, shards: tuple[Path, Path], capsys: pytest.CaptureFixture) -> None:
+    assert main([str(shards[0])]) == 2
+    assert "nothing to write" in capsys.readouterr().err
+    assert main([str(shards[0]), str(shards[0]), "--md", str(tmp_path / "r.md")]) == 2
+    assert "given twice" in capsys.readouterr().err
+    assert main([]) == 2  # argparse: REPORT.json is required
+    assert main(["--help"]) == 0
