@@ -164,15 +164,26 @@ def moved(pipe: Any, device: Any = None, dtype: torch.dtype | None = None) -> It
     if (device is None or _same_device(original_device, device)) and (dtype is None or pipe.dtype == dtype):
         yield pipe  # nothing to move: a CPU target's reference runs in place
         return
-    saved = _snapshot_tensors(pipe) if dtype is not None else None
+    if dtype is None:
+        # A device move only: move the modules directly. DiffusionPipeline.to's bookkeeping (offload
+        # hooks, dtype rules, warnings) cost as much as a tiny pipeline's inference on an H100.
+        _move_modules(pipe, device)
+        try:
+            yield pipe
+        finally:
+            _move_modules(pipe, original_device)
+        return
+    saved = _snapshot_tensors(pipe)
     try:
         pipe.to(**{k: v for k, v in (("device", device), ("dtype", dtype)) if v is not None})
         yield pipe
     finally:
-        if saved is not None:
-            _restore_tensors(pipe, saved, original_device)
-        else:
-            pipe.to(original_device)
+        _restore_tensors(pipe, saved, original_device)
+
+
+def _move_modules(pipe: Any, device: Any) -> None:
+    for module in _modules(pipe).values():
+        module.to(device)
 
 
 def _same_device(current: Any, wanted: Any) -> bool:
