@@ -208,14 +208,14 @@ def _resolve_device(requested: str) -> str:
 
 
 def _validate(options: argparse.Namespace, paths: list[str], passthrough: list[str]) -> None:
-    from pytest_mps.pipelines import PipelineLoadError, _check_folder
+    from pytest_mps.pipelines import PipelineLoadError, check_folder
     from pytest_mps.suite import CHECKS, split_list, unknown_checks, validate_schedulers
 
     if not paths:
         raise _BadInput("give at least one pipeline folder, e.g. pytest-mps check fixtures/tiny-sd")
     for path in paths:
         try:
-            _check_folder(Path(path).expanduser(), allow_pickle=True)
+            check_folder(Path(path).expanduser(), allow_pickle=options.allow_pickle, verify_safetensors=True)
         except PipelineLoadError as exc:
             hint = ""
             if passthrough and not Path(path).exists():

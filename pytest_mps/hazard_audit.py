@@ -335,6 +335,7 @@ def audit_module(
     result = trace_module(module, example_inputs, example_kwargs, module_name=name)
     seconds = time.perf_counter() - start
     extra = [_exception_finding(result.error)] if result.error is not None else []
+    extra += _state_findings(module, name)
     stopped_by = f"{type(result.error).__name__}: {result.error}" if result.error is not None else None
     call = _summarise_call({f"arg{i}": _describe_spec(v) for i, v in enumerate(example_inputs)})
     call.update(_summarise_call({k: _describe_spec(v) for k, v in example_kwargs.items()}))
@@ -348,6 +349,36 @@ def audit_module(
         call=call,
         output=result.output,
     )
+
+
+def _state_findings(module: Any, name: str) -> list[Any]:
+    """Hazards of the module's own parameters and buffers (a float64 RoPE table stored as a buffer,
+    say): on a Mac ``module.to("mps")`` raises on them before any forward runs. The meta trace swaps
+    them for meta payloads and would not see them."""
+    from pytest_mps.emulation.findings import Finding
+    from pytest_mps.emulation.rules import dtype_name, tensor_hazards
+
+    findings = []
+    for kind, tensors in (("parameter", module.named_parameters()), ("buffer", module.named_buffers())):
+        for tensor_name, tensor in tensors:
+            payload = getattr(tensor, "_payload", tensor)
+            hazards = tensor_hazards(payload.detach().to("meta")) or []
+            for hazard in hazards:
+                owner, _, attr = f"{name}.{tensor_name}".rpartition(".")
+                findings.append(
+                    Finding(
+                        kind=hazard.kind,
+                        severity=hazard.severity,
+                        op="torch.nn.Module.to",
+                        dtypes=(dtype_name(tensor.dtype),),
+                        shapes=(tuple(tensor.shape),),
+                        nbytes=hazard.nbytes,
+                        module=owner,
+                        source=f"{kind} {attr!r} of {type(module).__name__}",
+                        message=hazard.message,
+                    )
+                )
+    return findings
 
 
 def _describe_spec(value: Any) -> Any:

@@ -113,8 +113,31 @@ def _config_dict(component: Any) -> Any:
     return _jsonable(dict(config)) if isinstance(config, dict) else repr(config)
 
 
+def behaviour_state(module: Any) -> list[Any]:
+    """What changes a module's output besides its weights: forward hooks and pre-hooks, attention
+    processors, and ``forward`` methods replaced on the instance. Hooks and replaced methods are named
+    by object identity, so a reference computed with a hook is never reused without it (nor across
+    sessions, where identities differ)."""
+    state: list[Any] = []
+    for path, sub in module.named_modules():
+        entry: list[Any] = []
+        for kind in ("_forward_hooks", "_forward_pre_hooks"):
+            hooks = getattr(sub, kind, None)
+            if hooks:
+                entry.append((kind, [id(h) for h in hooks.values()]))
+        processor = sub.__dict__.get("processor")
+        if processor is not None:
+            entry.append(("processor", type(processor).__qualname__, getattr(processor, "slice_size", None)))
+        if "forward" in sub.__dict__:
+            entry.append(("forward", id(sub.__dict__["forward"])))
+        if entry:
+            state.append((path, entry))
+    return state
+
+
 def pipeline_description(pipe: Any) -> dict[str, Any]:
-    """Class, component classes and configs, dtype, and a weights digest: what decides the output."""
+    """Class, component classes and configs, dtype, a weights digest, and the modules' behaviour
+    (hooks, attention processors): what decides the output."""
     import torch
 
     components = {}
@@ -127,6 +150,7 @@ def pipeline_description(pipe: Any) -> dict[str, Any]:
         if isinstance(component, torch.nn.Module):
             first = next(component.parameters(), None)
             entry["dtype"] = str(first.dtype) if first is not None else None
+            entry["behaviour"] = behaviour_state(component)
         components[name] = entry
     return {"class": type(pipe).__name__, "components": components, "weights": weights_digest(pipe)}
 

@@ -198,7 +198,12 @@ def parse_marker(name: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]) ->
         if not values:
             raise _fail(name, f"needs at least one of {', '.join(TOLERANCE_KEYS)}")
         for key, value in values.items():
-            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-                raise _fail(name, f"{key}= must be a non-negative number, got {value!r}")
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not value >= 0
+                or value == float("inf")
+            ):
+                raise _fail(name, f"{key}= must be a finite, non-negative number, got {value!r}")
         return MpsTolerance(values={k: float(v) for k, v in values.items()})
     raise MarkerError(f"@pytest.mark.{name} is not a pytest-mps marker")

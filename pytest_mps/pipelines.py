@@ -13,13 +13,37 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["PipelineCache", "PipelineLoadError", "load_pipeline", "prepare_pipeline"]
+__all__ = ["PipelineCache", "PipelineLoadError", "check_folder", "load_pipeline", "prepare_pipeline"]
 
 _PICKLED_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 
 
 class PipelineLoadError(ValueError):
     """A pipeline source cannot be loaded; the message is one line: the cause and a fix hint."""
+
+
+def check_folder(path: Path, *, allow_pickle: bool, verify_safetensors: bool = False) -> None:
+    """Refuse, in one line, a folder that cannot be a safe pipeline: missing, a file, no
+    ``model_index.json``, weights only in pickled files (unless ``allow_pickle``), and, with
+    ``verify_safetensors``, a safetensors file whose header is corrupt or whose data is truncated."""
+    _check_folder(path, allow_pickle=allow_pickle)
+    if verify_safetensors:
+        from safetensors import safe_open
+
+        for weights in sorted(path.rglob("*.safetensors")):
+            try:
+                with safe_open(str(weights), framework="numpy") as handle:
+                    handle.keys()
+            except Exception as exc:
+                raise PipelineLoadError(
+                    f"{weights}: a safetensors file is corrupt or truncated ({_first_line(exc)}); "
+                    "re-save or re-download the pipeline"
+                ) from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _check_folder(path: Path, *, allow_pickle: bool) -> None:
@@ -44,7 +68,8 @@ def _check_folder(path: Path, *, allow_pickle: bool) -> None:
                 f"{path}: weights of {', '.join(components_with_only_pickle)} exist only as pickled files "
                 f"({', '.join(sorted({p.name for p in pickled}))}); refusing to unpickle them "
                 "(it can run code). "
-                "Convert them to safetensors, or opt in with allow_pickle=True (--mps-allow-pickle)"
+                "Convert them to safetensors, or opt in: allow_pickle=True, pytest --mps-allow-pickle, or "
+                "pytest-mps check --allow-pickle"
             )
 
 

@@ -6,6 +6,7 @@ numpy are imported inside the fixtures and checks that need them.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -161,8 +162,8 @@ def _ini_tolerance(config: pytest.Config) -> dict[str, float]:
             value = float(raw)
         except ValueError:
             raise pytest.UsageError(f"ini {key} = {raw!r} is not a number; write e.g. {key} = 1e-3") from None
-        if value < 0:
-            raise pytest.UsageError(f"ini {key} = {raw!r} must not be negative")
+        if not math.isfinite(value) or value < 0:
+            raise pytest.UsageError(f"ini {key} = {raw!r} must be a finite, non-negative number")
         values[name] = value
     return values
 

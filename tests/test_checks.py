@@ -191,3 +191,55 @@ def test_cpu_reference_is_computed_once_per_state() -> None:
             pipe.unet.conv_out.bias.add_(0.01)  # in-place edit: a new reference is due
         assert_cpu_parity(pipe)
         assert cache.computed == 2
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -1.0])
+def test_non_finite_or_negative_tolerances_are_refused(bad: float) -> None:
+    with pytest.raises(ValueError, match="must be a finite, non-negative number"):
+        assert_batch_consistency(load("tiny-ddpm"), atol=bad)
+
+
+def test_slicing_that_changes_nothing_is_not_a_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    from diffusers.models import attention_processor
+
+    # DDPM's UNet2DModel has attention, but exposes no set_attention_slice: the call is a no-op.
+    monkeypatch.setattr(attention_processor.SlicedAttnProcessor, "__call__", lambda *a, **k: 1 / 0)
+    result = assert_attention_slicing_parity(load("tiny-ddpm"))
+    assert result.summary == "n/a: enable_attention_slicing() changes no attention processor here"
+    assert result.details["applicable"] is False
+
+
+def test_a_sweep_that_tested_nothing_fails() -> None:
+    from diffusers import DDIMScheduler
+
+    class Broken(DDIMScheduler):
+        def set_timesteps(self, *args, **kwargs):
+            raise RuntimeError("broken everywhere")
+
+    with pytest.raises(AssertionError, match="no scheduler could be tested: all 1 were skipped"):
+        assert_schedulers_compatible(load("tiny-ddpm"), schedulers=[Broken])
+
+
+def test_audit_module_sees_float64_buffers() -> None:
+    from pytest_mps import audit_module
+    from pytest_mps.emulation.shape_trace import spec
+
+    class Rope(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.register_buffer("freqs", torch.arange(8, dtype=torch.float64))
+
+        def forward(self, x):
+            return x * torch.cos(self.freqs).float().sum()
+
+    report = audit_module(Rope(), spec(1, 4, 8, 8), module_name="rope")
+    assert [(f.kind, f.severity, f.module) for f in report.findings] == [("float64", "error", "rope")]
+    assert "buffer 'freqs'" in report.findings[0].source
+
+
+def test_float16_fault_hidden_from_cosine_is_caught() -> None:
+    pipe = load("tiny-sd")
+
+    faults._output_hook(pipe.unet, lambda x: x * 3 if x.dtype == torch.float16 else x)
+    with pytest.raises(AssertionError, match=r"float16 FAILED.*\n  - max \|diff\| .* exceeds atol 0.1"):
+        assert_float16_parity(pipe)

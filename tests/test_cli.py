@@ -137,7 +137,7 @@ def faulty(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_planted_faults_fail_and_the_table_names_the_check(
     faulty: Path, capsys: pytest.CaptureFixture[str], one_thread: object
 ) -> None:
-    folders = [str(faulty / n) for n in ("nan-weights", "bad-scheduler", "bin-only", "corrupt")]
+    folders = [str(faulty / n) for n in ("nan-weights", "bad-scheduler")]
     status = cli.main(["check", *folders, "--no-isolate", "--checks", "load,inference,cpu_parity,schedulers"])
     out = capsys.readouterr().out
     assert status == 1, out
@@ -145,14 +145,27 @@ def test_planted_faults_fail_and_the_table_names_the_check(
     assert row_of(out, "nan-weights").endswith("fails: inference, cpu_parity, schedulers")
     assert "FAIL NaN" in row_of(out, "nan-weights")
     assert "nan-weights inference, cpu_parity: target output contains NaN/Inf" in out
-    assert row_of(out, "bad-scheduler").endswith("fails: inference, cpu_parity")
+    assert row_of(out, "bad-scheduler").endswith("fails: inference, cpu_parity, schedulers")
     assert "FAIL ValueError" in row_of(out, "bad-scheduler")
     assert "raised ValueError: prediction_type given as bogus must be one of" in out
-    for name in ("bin-only", "corrupt"):
-        assert row_of(out, name).endswith("fails: load")
-    assert "bin-only load: " in out and "refusing to unpickle them (it can run code)" in out
-    assert "corrupt load: " in out and "a safetensors file is corrupt or truncated" in out
-    assert "skipped inference, cpu_parity, schedulers (bin-only): bin-only did not load" in out
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("bin-only", "refusing to unpickle them (it can run code)"),
+        ("corrupt", "a safetensors file is corrupt or truncated"),
+    ],
+)
+def test_unsafe_or_corrupt_weights_are_bad_input(
+    faulty: Path, capsys: pytest.CaptureFixture[str], name: str, message: str
+) -> None:
+    status = cli.main(["check", str(faulty / name), "--no-isolate"])
+    captured = capsys.readouterr()
+    lines = (captured.out + captured.err).strip().splitlines()
+    assert status == 2
+    assert len(lines) == 1 and message in lines[0], lines
+    assert lines[0].startswith("pytest-mps check: error: ")
 
 
 def test_pickled_weights_load_when_the_user_opts_in(

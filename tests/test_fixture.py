@@ -267,3 +267,45 @@ def test_hub_id_from_the_local_cache_never_downloads(pytester: pytest.Pytester) 
     result.stdout.fnmatch_lines(
         ["*'tiny-org/not-there' is neither a folder nor a hub id in the local cache*tests never download*"]
     )
+
+
+def test_a_faulty_test_does_not_poison_the_next_ones_reference(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        f"""
+        import pytest
+        from pytest_mps import assert_cpu_parity
+
+        def test_a_nan_hook(mps_pipeline):
+            pipe = mps_pipeline({DDPM!r})
+            pipe.unet.register_forward_hook(lambda m, a, out: type(out)(sample=out.sample * float("nan")))
+            with pytest.raises(AssertionError, match="NaN"):
+                assert_cpu_parity(pipe)
+
+        def test_b_clean(mps_pipeline):
+            assert_cpu_parity(mps_pipeline({DDPM!r}))
+        """
+    )
+    pytester.runpytest("--mps-device", "cpu", "-p", "no:randomly").assert_outcomes(passed=2)
+
+
+def test_a_check_that_raises_is_recorded(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        f"""
+        from pytest_mps import assert_cpu_parity
+
+        def test_raises(mps_pipeline):
+            pipe = mps_pipeline({DDPM!r})
+            def hook(module, args, out):
+                raise NotImplementedError("no kernel for this op")
+            pipe.unet.register_forward_hook(hook)
+            assert_cpu_parity(pipe)
+        """
+    )
+    result = pytester.runpytest("--mps-device", "cpu")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "E * NotImplementedError: no kernel for this op",
+            "DDPMPipeline  cpu_parity  failed   raised NotImplementedError*",
+        ]
+    )

@@ -148,7 +148,7 @@ def test_xfail_mps_is_strict_by_default(pytester: pytest.Pytester, fake_mac) -> 
         ("xfail_mps(strict='yes')", "strict= must be True or False, got 'yes'"),
         ("xfail_mps(raises='ValueError')", "raises= must be an exception class or a tuple of them"),
         ("skip_mps(reason=3)", "reason= must be a string, got int"),
-        ("mps_tolerance(atol=-1)", "atol= must be a non-negative number, got -1"),
+        ("mps_tolerance(atol=-1)", "atol= must be a finite, non-negative number, got -1"),
         ("mps_tolerance(tol=1)", "unknown argument 'tol'"),
     ],
 )
