@@ -268,6 +268,11 @@ class _State:
             return self.worker_input["mode"], Path(folder) if folder else None
         folder = _path_setting(self.config, "mps_references")
         if folder is not None:
+            if folder.exists() and not folder.is_dir():
+                raise pytest.UsageError(
+                    f"--mps-references {folder}: this is a file, not a folder; "
+                    "give a folder to keep references in"
+                )
             return "folder", folder
         if _has_cache(self.config):
             return "cache", None

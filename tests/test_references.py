@@ -511,3 +511,11 @@ def test_store_module_imports_nothing_heavy() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
     assert "HEAVY []" in out.stdout, out.stdout + out.stderr
+
+
+def test_references_path_that_is_a_file_is_a_usage_error(pytester: pytest.Pytester) -> None:
+    (pytester.path / "refs").write_text("not a folder")
+    pytester.makepyfile("def test_a():\n    pass\n")
+    result = pytester.runpytest("--mps-references", "refs")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: --mps-references *refs: this is a file, not a folder*"])
