@@ -148,15 +148,17 @@ def cpu_reference(
     """The pipeline's output on the CPU for ``inputs`` (optionally in ``dtype``), computed once per
     session for the same weights, configs, scheduler and inputs. Returns the run and its origin
     (``memory``, ``disk`` or ``computed``)."""
-    from pytest_mps.keys import inputs_fingerprint, pipeline_fingerprint
+    from pytest_mps.keys import inputs_fingerprint, pipeline_fingerprint, session_fingerprint
     from pytest_mps.references import ReferenceKey, shared_cache
 
     ctx = ctx or current_context(pipe)
     cache = ctx.references or shared_cache()
     first = next((p for c in pipe.components.values() for p in getattr(c, "parameters", list)()), None)
     run_dtype = dtype or (first.dtype if first is not None else None)
+    # A stored reference needs a content key (weights hashed, once per state); a session-only cache
+    # does with an identity key that reads no weights.
     key = ReferenceKey(
-        pipeline=pipeline_fingerprint(pipe),
+        pipeline=pipeline_fingerprint(pipe) if cache.store is not None else session_fingerprint(pipe),
         inputs=inputs_fingerprint(inputs),
         dtype=_dtype_name(run_dtype),
         output_type=str(inputs.get("output_type", "default")),

@@ -5,10 +5,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import uuid
 import weakref
 from typing import Any
 
-__all__ = ["inputs_fingerprint", "pipeline_fingerprint", "tensor_state", "weights_digest"]
+__all__ = [
+    "inputs_fingerprint",
+    "pipeline_fingerprint",
+    "session_fingerprint",
+    "tensor_state",
+    "weights_digest",
+]
 
 # module -> (state version, digest): hashing the weights of a real model costs a second, once.
 _DIGESTS: weakref.WeakKeyDictionary[Any, tuple[tuple[Any, ...], str]] = weakref.WeakKeyDictionary()
@@ -153,6 +160,36 @@ def pipeline_description(pipe: Any) -> dict[str, Any]:
             entry["behaviour"] = behaviour_state(component)
         components[name] = entry
     return {"class": type(pipe).__name__, "components": components, "weights": weights_digest(pipe)}
+
+
+_TOKENS: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+
+
+def _token(module: Any) -> str:
+    token = _TOKENS.get(module)
+    if token is None:
+        token = _TOKENS[module] = uuid.uuid4().hex
+    return token
+
+
+def session_fingerprint(pipe: Any) -> str:
+    """A key that is valid within this process only: each module's identity (a token that is never
+    reused), its tensor state (conversions, in-place edits) and behaviour (hooks, processors), and the
+    scheduler's class and config. It reads no weights, so it costs microseconds where
+    :func:`pipeline_fingerprint` hashes every weight (seconds on a real model); it serves when no
+    reference is stored on disk."""
+    import torch
+
+    parts: list[Any] = [type(pipe).__name__]
+    for name, component in sorted(getattr(pipe, "components", {}).items()):
+        if isinstance(component, torch.nn.Module):
+            parts.append((name, _token(component), tensor_state(component), behaviour_state(component)))
+        elif name == "scheduler" and component is not None:
+            parts.append((name, type(component).__name__, _config_dict(component)))
+        else:
+            parts.append((name, type(component).__name__))
+    text = json.dumps(parts, sort_keys=True, default=repr)
+    return "session:" + hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
 
 
 def pipeline_fingerprint(pipe: Any) -> str:

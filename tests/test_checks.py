@@ -243,3 +243,17 @@ def test_float16_fault_hidden_from_cosine_is_caught() -> None:
     faults._output_hook(pipe.unet, lambda x: x * 3 if x.dtype == torch.float16 else x)
     with pytest.raises(AssertionError, match=r"float16 FAILED.*\n  - max \|diff\| .* exceeds atol 0.1"):
         assert_float16_parity(pipe)
+
+
+def test_reference_keys_follow_identity_behaviour_and_content() -> None:
+    from pytest_mps.keys import pipeline_fingerprint, session_fingerprint
+
+    a, b = load("tiny-ddpm"), load("tiny-ddpm")
+    assert session_fingerprint(a) == session_fingerprint(a)
+    assert session_fingerprint(a) != session_fingerprint(b)  # another object: never shares a reference
+    assert pipeline_fingerprint(a) == pipeline_fingerprint(b)  # same content: one stored reference
+    before = (session_fingerprint(a), pipeline_fingerprint(a))
+    handle = a.unet.register_forward_hook(lambda *args: None)
+    assert session_fingerprint(a) != before[0] and pipeline_fingerprint(a) != before[1]
+    handle.remove()
+    assert (session_fingerprint(a), pipeline_fingerprint(a)) == before
