@@ -192,39 +192,12 @@ def tf32_mode(mode: str, defaults: dict[str, bool]) -> Iterator[None]:
 # --- float16 noise: is the float16 run fed the same noise as the float32 reference? -----------------
 
 
-@contextlib.contextmanager
-def float32_noise() -> Iterator[None]:
-    """Make Diffusers draw its noise in float32 and cast it, whatever dtype the pipeline asks for.
+def float32_noise() -> Any:
+    """Diffusers' noise drawn in float32 and cast: the same patch the float16 check applies
+    (:func:`pytest_mps.running.noise_in_float32`)."""
+    from pytest_mps.running import noise_in_float32
 
-    ``randn_tensor(..., dtype=float16)`` with a CPU generator calls ``torch.randn(..., dtype=float16)``
-    on the CPU, and torch's CPU normal sampler does not give the float32 sample rounded for every size
-    and version (it takes other code paths for half precision), so a float16 run can start from other
-    noise than the float32 reference. This patch (every module that bound ``randn_tensor``) removes
-    that difference, so what remains is float16 arithmetic.
-    """
-    import diffusers.utils.torch_utils as torch_utils
-    import torch
-
-    original = torch_utils.randn_tensor
-    low = (torch.float16, torch.bfloat16)
-
-    def randn_tensor(
-        shape: Any, generator: Any = None, device: Any = None, dtype: Any = None, **kw: Any
-    ) -> Any:
-        if dtype in low:
-            return original(shape, generator=generator, device=device, dtype=torch.float32, **kw).to(dtype)
-        return original(shape, generator=generator, device=device, dtype=dtype, **kw)
-
-    bound = [
-        m for m in list(sys.modules.values()) if m is not None and vars(m).get("randn_tensor") is original
-    ]
-    for module in bound:
-        module.randn_tensor = randn_tensor
-    try:
-        yield
-    finally:
-        for module in bound:
-            module.randn_tensor = original
+    return noise_in_float32()
 
 
 NOISE_SHAPES = ((1, 4, 32, 32), (1, 3, 32, 32), (1, 4, 8, 8), (1, 4, 64, 64), (2, 4, 64, 64), (1, 100))
