@@ -31,6 +31,19 @@ _EXPORTS: dict[str, str] = {
     "assert_deterministic": "pytest_mps.checks",
     "assert_float16_parity": "pytest_mps.checks",
     "assert_schedulers_compatible": "pytest_mps.checks",
+    "check_cpu_parity": "pytest_mps.checks",
+    "check_batch_consistency": "pytest_mps.checks",
+    "check_attention_slicing_parity": "pytest_mps.checks",
+    "check_deterministic": "pytest_mps.checks",
+    "check_float16_parity": "pytest_mps.checks",
+    "check_schedulers_compatible": "pytest_mps.checks",
+    "InputSpec": "pytest_mps.input_spec",
+    "Pipeline": "pytest_mps.protocols",
+    "CHECKS": "pytest_mps.registry",
+    "CheckSpec": "pytest_mps.registry",
+    "Status": "pytest_mps.verdict",
+    "Verdict": "pytest_mps.verdict",
+    "pipeline_verdict": "pytest_mps.verdict",
     "audit": "pytest_mps.hazard_audit",
     "audit_module": "pytest_mps.hazard_audit",
     "assert_no_mps_hazards": "pytest_mps.hazard_audit",
@@ -41,19 +54,25 @@ _EXPORTS: dict[str, str] = {
 }
 
 __all__ = [
+    "CHECKS",
     "AuditReport",
     "CheckResult",
+    "CheckSpec",
     "Comparison",
     "EmulatedMPS",
     "Finding",
+    "InputSpec",
     "MPSAbortError",
     "MPSEnvironment",
+    "Pipeline",
     "PipelineLoadError",
     "PytestMPSWarning",
+    "Status",
     "Target",
     "TargetError",
     "Tolerance",
     "TrainingModeWarning",
+    "Verdict",
     "assert_attention_slicing_parity",
     "assert_batch_consistency",
     "assert_cpu_parity",
@@ -63,9 +82,16 @@ __all__ = [
     "assert_schedulers_compatible",
     "audit",
     "audit_module",
+    "check_attention_slicing_parity",
+    "check_batch_consistency",
+    "check_cpu_parity",
+    "check_deterministic",
+    "check_float16_parity",
+    "check_schedulers_compatible",
     "default_inputs",
     "detect_environment",
     "load_pipeline",
+    "pipeline_verdict",
     "resolve_target",
 ]
 
@@ -77,18 +103,28 @@ if TYPE_CHECKING:
         assert_deterministic,
         assert_float16_parity,
         assert_schedulers_compatible,
+        check_attention_slicing_parity,
+        check_batch_consistency,
+        check_cpu_parity,
+        check_deterministic,
+        check_float16_parity,
+        check_schedulers_compatible,
     )
     from pytest_mps.emulation.emulator import EmulatedMPS
     from pytest_mps.emulation.errors import MPSAbortError
     from pytest_mps.emulation.findings import Finding
     from pytest_mps.environment import MPSEnvironment, detect_environment
     from pytest_mps.hazard_audit import AuditReport, assert_no_mps_hazards, audit, audit_module
+    from pytest_mps.input_spec import InputSpec
     from pytest_mps.inputs import default_inputs
     from pytest_mps.metrics import Comparison
     from pytest_mps.pipelines import PipelineLoadError, load_pipeline
+    from pytest_mps.protocols import Pipeline
+    from pytest_mps.registry import CHECKS, CheckSpec
     from pytest_mps.results import CheckResult
     from pytest_mps.target import Target, TargetError, resolve_target
     from pytest_mps.tolerances import Tolerance
+    from pytest_mps.verdict import Status, Verdict, pipeline_verdict
     from pytest_mps.warnings import PytestMPSWarning, TrainingModeWarning
 
 

@@ -2,12 +2,13 @@
 
 - ``pytest-mps check PATH [PATH ...] [options] [-- pytest options]``: run the bundled compatibility
   suite on each pipeline folder and print the verdict table. The suite is pytest underneath, so
-  pytest's own options (``-k``, ``-x``, ``--junitxml=FILE``) pass through.
-- ``pytest-mps merge ...``: handled by ``pytest_mps.merge``.
+  pytest's own options (``-k``, ``-x``, ``--junitxml=FILE``) pass through. Its options are the plugin's
+  (:data:`pytest_mps.options.OPTIONS`), under shorter names, with the same rules.
+- ``pytest-mps merge ...``: :mod:`pytest_mps.merge`.
 
 Bad input (a missing folder, a folder that is no Diffusers pipeline, an unknown device, check or
-scheduler) is one line on stderr and exit status 2, never a traceback. Otherwise the exit status is
-pytest's: 0 only when every pipeline passed.
+scheduler, a value that breaks an option's rule) is one line on stderr and exit status 2, never a
+traceback. Otherwise the exit status is pytest's: 0 only when no check failed on the target.
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
+
+from pytest_mps.options import OPTIONS, Option
 
 __all__ = ["main"]
 
@@ -30,7 +33,7 @@ Tell whether Diffusers pipelines work on Apple's MPS backend.
 
 commands:
   check PATH [PATH ...]   run the compatibility suite on pipeline folders and print the verdict table
-  merge ...               merge pytest-mps results (see pytest-mps merge --help)
+  merge REPORT.json ...   join JSON reports of CI shards or runners into one report
 
 Try it on the bundled tiny pipelines:
   pytest-mps check fixtures/tiny-sd fixtures/tiny-ddpm fixtures/tiny-dit
@@ -38,53 +41,27 @@ Try it on the bundled tiny pipelines:
 options:
   -h, --help     show this help
   --version      show pytest-mps's version
+
+Each command has its own help: pytest-mps COMMAND --help
 """
 
 _CHECK_EPILOG = """\
 pytest options pass through: write them as --option=value (--junitxml=report.xml, -kparity), or put
 them after --: pytest-mps check fixtures/tiny-sd -- -k parity -x. Flags such as -x, -q, -v also work
-as they are. Exit status: 0 when every pipeline passed, 1 when a check failed, 2 for bad input.
+as they are. Exit status: 0 when no check failed on the target, 1 when one did, 2 for bad input.
 
 Only a real MPS target can earn the MPS badge; cpu, cuda, xpu and emulated runs are pre-checks and
 say so everywhere.
 """
 
-#: Our options that take a value, and those that do not.
-_VALUED = ("--device", "--steps", "--size", "--schedulers", "--checks", "--timeout")
-_FLAGS = ("--isolate", "--no-isolate", "--allow-pickle", "-h", "--help")
 #: pytest options that take their value as the next word (anything else is taken for a flag).
 _PYTEST_VALUED = frozenset(
     (
-        "-k",
-        "-m",
-        "-p",
-        "-c",
-        "-o",
-        "-W",
-        "-r",
-        "-n",
-        "--tb",
-        "--junitxml",
-        "--junit-xml",
-        "--junit-prefix",
-        "--maxfail",
-        "--durations",
-        "--basetemp",
-        "--rootdir",
-        "--confcutdir",
-        "--deselect",
-        "--ignore",
-        "--log-level",
-        "--log-file",
-        "--capture",
-        "--color",
-        "--dist",
-        "--override-ini",
-        "--config-file",
-        "--mps-atol",
-        "--mps-rtol",
+        "-k", "-m", "-p", "-c", "-o", "-W", "-r", "-n", "--tb", "--junitxml", "--junit-xml", "--junit-prefix",
+        "--maxfail", "--durations", "--basetemp", "--rootdir", "--confcutdir", "--deselect", "--ignore",
+        "--log-level", "--log-file", "--capture", "--color", "--dist", "--override-ini", "--config-file",
     )
-)
+)  # fmt: skip
 
 
 class _BadInput(Exception):
@@ -98,8 +75,31 @@ class _Parser(argparse.ArgumentParser):
         raise _BadInput(message)
 
 
+def _check_options() -> list[Option]:
+    return [opt for opt in OPTIONS if opt.cli]
+
+
+def _valued_flags() -> tuple[str, ...]:
+    return tuple(opt.cli for opt in _check_options() if opt.kind != "flag" and opt.cli)
+
+
+def _flags() -> tuple[str, ...]:
+    names = ["-h", "--help"]
+    for opt in _check_options():
+        if opt.kind == "flag" and opt.cli:
+            names.append(opt.cli)
+            names.append("--no-" + opt.cli[2:])
+    return tuple(names)
+
+
+def _pytest_valued() -> frozenset[str]:
+    """pytest options (its own and pytest-mps's ``--mps-*``) that take their value as the next word."""
+    return _PYTEST_VALUED | {opt.flag for opt in OPTIONS if opt.kind != "flag"}
+
+
 def _split(tokens: Sequence[str]) -> tuple[list[str], list[str], list[str]]:
     """Separate our options, the pipeline folders and the words meant for pytest."""
+    valued, flags, pytest_valued = _valued_flags(), _flags(), _pytest_valued()
     ours: list[str] = []
     paths: list[str] = []
     passthrough: list[str] = []
@@ -111,16 +111,16 @@ def _split(tokens: Sequence[str]) -> tuple[list[str], list[str], list[str]]:
         if token == "--":
             passthrough += tokens[i + 1 :]
             break
-        if name in _VALUED:
+        if name in valued:
             ours.append(token)
             if "=" not in token and following is not None:
                 ours.append(following)
                 i += 1
-        elif token in _FLAGS:
+        elif token in flags:
             ours.append(token)
         elif token.startswith("-") and token != "-":
             passthrough.append(token)
-            if "=" not in token and name in _PYTEST_VALUED and following is not None:
+            if "=" not in token and name in pytest_valued and following is not None:
                 passthrough.append(following)
                 i += 1
         else:
@@ -129,10 +129,11 @@ def _split(tokens: Sequence[str]) -> tuple[list[str], list[str], list[str]]:
     return ours, paths, passthrough
 
 
-def _check_parser() -> _Parser:
-    from pytest_mps.suite import CHECKS, DEFAULT_TIMEOUT_S
-    from pytest_mps.target import TARGET_CHOICES
+#: ``check`` defaults that differ from a plain pytest run's.
+_CHECK_DEFAULTS = {"isolate": True}
 
+
+def _check_parser() -> _Parser:
     parser = _Parser(
         prog="pytest-mps check",
         usage="pytest-mps check PATH [PATH ...] [options] [-- pytest options]",
@@ -140,76 +141,41 @@ def _check_parser() -> _Parser:
         epilog=_CHECK_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "--device",
-        default="auto",
-        metavar="TARGET",
-        help=f"target: {', '.join(TARGET_CHOICES)} (default auto: mps where available, else emulated where "
-        "available, else cpu; anything but mps is a stand-in)",
-    )
-    parser.add_argument(
-        "--steps", type=int, default=2, metavar="N", help="inference steps per call (default 2)"
-    )
-    parser.add_argument(
-        "--size",
-        type=int,
-        default=None,
-        metavar="PX",
-        help="output side in pixels (default: the smallest valid; the speed check uses the pipeline's own)",
-    )
-    parser.add_argument(
-        "--schedulers",
-        default="compatible",
-        metavar="LIST",
-        help="schedulers to sweep: 'compatible' (default) or comma-separated class names",
-    )
-    parser.add_argument(
-        "--checks",
-        default=None,
-        metavar="LIST",
-        help=f"comma-separated checks (default all: {', '.join(CHECKS)})",
-    )
-    parser.add_argument(
-        "--isolate",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="run each pipeline's checks in a worker process, so a crash or a hang fails one check "
-        "(default on)",
-    )
-    parser.add_argument(
-        "--timeout",
-        type=float,
-        default=DEFAULT_TIMEOUT_S,
-        metavar="SECONDS",
-        help="kill a check that runs longer, as hung "
-        f"(isolation only; default {DEFAULT_TIMEOUT_S:g}; 0: none)",
-    )
-    parser.add_argument(
-        "--allow-pickle",
-        action="store_true",
-        help="load pickled .bin weights too (unpickling can run code: only for folders you trust)",
-    )
+    for opt in _check_options():
+        assert opt.cli is not None
+        default = _CHECK_DEFAULTS.get(opt.name, opt.default)
+        if opt.kind == "flag":
+            action: type[argparse.Action] | str = (
+                argparse.BooleanOptionalAction if opt.name in _CHECK_DEFAULTS else "store_true"
+            )
+            parser.add_argument(opt.cli, dest=opt.name, action=action, default=default, help=opt.help)
+        else:
+            help_text = opt.help
+            if opt.name == "device":
+                help_text = (
+                    "target: auto, mps, emulated, cuda, xpu or cpu (default auto: mps where available, else "
+                    "emulated where available, else cpu; anything but mps is a stand-in)"
+                )
+            parser.add_argument(
+                opt.cli, dest=opt.name, type=opt.type, default=default, metavar=opt.metavar, help=help_text
+            )
     return parser
 
 
 def _resolve_device(requested: str) -> str:
-    from pytest_mps.suite import default_target_name
-    from pytest_mps.target import TARGET_CHOICES, TargetError, resolve_target
+    from pytest_mps.suite.settings import default_target_name
+    from pytest_mps.target import TargetError, resolve_target
 
-    value = requested.strip().lower()
-    if value not in TARGET_CHOICES:
-        raise _BadInput(f"unknown device {requested!r}; choose one of {', '.join(TARGET_CHOICES)}")
-    if value == "auto":
+    if requested == "auto":
         return default_target_name()
     try:
-        return resolve_target(value).name
+        return resolve_target(requested).name
     except TargetError as exc:
         raise _BadInput(str(exc).replace("--mps-device", "--device")) from None
 
 
-def _validate(options: argparse.Namespace, paths: list[str], passthrough: list[str]) -> None:
+def _validate_paths(options: argparse.Namespace, paths: list[str], passthrough: list[str]) -> None:
     from pytest_mps.pipelines import PipelineLoadError, check_folder
-    from pytest_mps.suite import CHECKS, split_list, unknown_checks, validate_schedulers
 
     if not paths:
         raise _BadInput("give at least one pipeline folder, e.g. pytest-mps check fixtures/tiny-sd")
@@ -221,31 +187,16 @@ def _validate(options: argparse.Namespace, paths: list[str], passthrough: list[s
             if passthrough and not Path(path).exists():
                 hint = " (if it is the value of a pytest option, write --option=value or put it after --)"
             raise _BadInput(f"{exc}{hint}") from None
-    unknown = unknown_checks(split_list(options.checks))
-    if unknown:
-        raise _BadInput(f"unknown check(s) {', '.join(unknown)}; choose from {', '.join(CHECKS)}")
-    if options.steps < 1:
-        raise _BadInput(f"--steps {options.steps}: needs at least 1 step")
-    if options.size is not None and options.size < 8:
-        raise _BadInput(f"--size {options.size}: give a side of at least 8 pixels")
-    if options.timeout < 0:
-        raise _BadInput(f"--timeout {options.timeout:g}: give seconds, or 0 for no limit")
-    if options.schedulers.strip() != "compatible":
-        try:
-            validate_schedulers(split_list(options.schedulers))
-        except ValueError as exc:
-            raise _BadInput(str(exc)) from None
 
 
 def pytest_arguments(options: argparse.Namespace, paths: Sequence[str], device: str) -> list[str]:
-    """The pytest command line that runs the bundled suite for these options."""
+    """The pytest command line that runs the bundled suite for these options: each option's plugin
+    flag with the value ``check`` parsed."""
     import pytest_mps.suite
 
     suite = Path(pytest_mps.suite.__file__).resolve().parent
     args = [
         str(suite / "test_compat.py"),
-        "-p",
-        "pytest_mps.check_plugin",
         # The suite runs the same everywhere: no project ini, conftest or cache; short test ids.
         "-c",
         os.devnull,
@@ -258,26 +209,29 @@ def pytest_arguments(options: argparse.Namespace, paths: Sequence[str], device: 
         "ignore::DeprecationWarning",
         "-W",
         "ignore::PendingDeprecationWarning",
+        # This command imported pytest_mps before pytest could mark the plugin for assertion rewriting.
+        "-W",
+        "ignore::pytest.PytestAssertRewriteWarning",
         "-v",
         "--mps-pipelines",
         *(str(Path(p).expanduser().resolve()) for p in paths),
-        "--mps-device",
-        device,
-        "--mps-steps",
-        str(options.steps),
-        "--mps-schedulers",
-        options.schedulers,
-        "--mps-timeout",
-        f"{options.timeout:g}",
-        "--mps-isolate" if options.isolate else "--no-mps-isolate",
     ]
-    if options.size is not None:
-        args += ["--mps-size", str(options.size)]
-    if options.checks:
-        args += ["--mps-checks", options.checks]
-    if options.allow_pickle:
-        args.append("--mps-allow-pickle")
+    for opt in _check_options():
+        value = device if opt.name == "device" else getattr(options, opt.name)
+        if opt.kind == "flag":
+            if value:
+                args.append(opt.flag)
+            elif opt.name in _CHECK_DEFAULTS:
+                args.append("--no-" + opt.flag[2:])
+        elif value is not None:
+            args += [opt.flag, _as_text(value)]
     return args
+
+
+def _as_text(value: object) -> str:
+    if isinstance(value, tuple):
+        return ",".join(str(v) for v in value)
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def check(argv: Sequence[str]) -> int:
@@ -289,7 +243,7 @@ def check(argv: Sequence[str]) -> int:
             options = parser.parse_args(ours)
         except SystemExit as exc:  # --help
             return int(exc.code or 0)
-        _validate(options, paths, passthrough)
+        _validate_paths(options, paths, passthrough)
         device = _resolve_device(options.device)
     except _BadInput as exc:
         print(f"pytest-mps check: error: {exc}", file=sys.stderr)
@@ -299,19 +253,14 @@ def check(argv: Sequence[str]) -> int:
     return int(pytest.main([*pytest_arguments(options, paths, device), *passthrough]))
 
 
-def merge(argv: Sequence[str]) -> int:
-    """``pytest-mps merge``: delegated to ``pytest_mps.merge.main``."""
-    import importlib.util
+def _merge(argv: Sequence[str]) -> int:
+    from pytest_mps.merge import main as merge_main
 
-    if importlib.util.find_spec("pytest_mps.merge") is None:
-        print(
-            "pytest-mps merge: error: this installation has no pytest_mps.merge module; upgrade pytest-mps",
-            file=sys.stderr,
-        )
-        return USAGE_ERROR
-    from pytest_mps import merge as merge_module
+    return int(merge_main(list(argv)) or 0)
 
-    return int(merge_module.main(list(argv)) or 0)  # type: ignore[attr-defined]
+
+#: The commands: name -> what runs it.
+COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {"check": check, "merge": _merge}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -326,13 +275,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         print(f"pytest-mps {__version__}")
         return 0
-    command, rest = args[0], args[1:]
-    if command == "check":
-        return check(rest)
-    if command == "merge":
-        return merge(rest)
-    print(
-        f"pytest-mps: error: unknown command {command!r}; choose check or merge (pytest-mps --help)",
-        file=sys.stderr,
-    )
-    return USAGE_ERROR
+    command = COMMANDS.get(args[0])
+    if command is None:
+        print(
+            f"pytest-mps: error: unknown command {args[0]!r}; choose {', '.join(COMMANDS)} "
+            "(pytest-mps --help)",
+            file=sys.stderr,
+        )
+        return USAGE_ERROR
+    return command(args[1:])

@@ -25,7 +25,17 @@ __all__ = ["CheckContext", "current_context", "using_context"]
 
 @dataclass
 class CheckContext:
-    """Per-test settings and sinks for the checks."""
+    """Per-test settings and sinks for the checks.
+
+    Attributes:
+        target: where the checks run.
+        marker_tolerance, ini_tolerance: the tolerance layers of the running test.
+        references: the CPU references shared in the session.
+        record: where each finished result goes (the plugin's session table and reports).
+        nodeid: the running test.
+        cross_check: re-run a failing check on the CPU to tell MPS problems from the pipeline's own.
+        localize: after a failing parity check, say where the divergence starts.
+    """
 
     target: Target
     marker_tolerance: Mapping[str, float] = field(default_factory=dict)
@@ -33,6 +43,8 @@ class CheckContext:
     references: ReferenceCache | None = None
     record: Callable[[CheckResult], None] | None = None
     nodeid: str | None = None
+    cross_check: bool = True
+    localize: bool = True
 
 
 class _Lazy:

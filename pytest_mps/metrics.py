@@ -27,7 +27,7 @@ class Comparison:
         psnr: peak signal-to-noise ratio in dB for a data range of 1 (``inf`` when equal).
         pixel_fraction: share of pixels with any channel off by more than one 8-bit level.
         worst_index: index of the largest difference; ``worst_target``/``worst_reference`` its values.
-        max_excess: the largest ``|a - b| - (atol + rtol |b|)`` seen (filled by :func:`compare`).
+        shape: the compared arrays' shape.
     """
 
     max_abs: float
@@ -48,6 +48,29 @@ class Comparison:
         data["worst_index"] = list(self.worst_index)
         data["shape"] = list(self.shape)
         return data
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Comparison:
+        """The inverse of :meth:`to_dict` (``None`` PSNR is infinite again; ``None`` figures, which
+        strict JSON writes for NaN, come back as NaN)."""
+
+        def number(name: str) -> float:
+            value = data.get(name)
+            return float("nan") if value is None else float(value)
+
+        psnr = data.get("psnr")
+        return cls(
+            max_abs=number("max_abs"),
+            mean_abs=number("mean_abs"),
+            rms_255=number("rms_255"),
+            cosine_distance=number("cosine_distance"),
+            psnr=math.inf if psnr is None else float(psnr),
+            pixel_fraction=number("pixel_fraction"),
+            worst_index=tuple(int(i) for i in data.get("worst_index") or ()),
+            worst_target=number("worst_target"),
+            worst_reference=number("worst_reference"),
+            shape=tuple(int(i) for i in data.get("shape") or ()),
+        )
 
     def where(self) -> str:
         """The worst element in words, e.g. ``item 0, row 12, column 40, channel 2``."""

@@ -6,12 +6,13 @@ Only ``mps`` on a Mac yields an MPS verdict. ``emulated`` (MPS's rules, CPU arit
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pytest_mps.environment import MPSEnvironment, detect_environment
+from pytest_mps.options import DEVICE_VARIABLE as ENV_VARIABLE
+from pytest_mps.options import TARGET_CHOICES
 
 if TYPE_CHECKING:
     import torch
@@ -22,10 +23,8 @@ __all__ = [
     "Target",
     "TargetError",
     "resolve_target",
+    "target_name_of",
 ]
-
-TARGET_CHOICES: tuple[str, ...] = ("auto", "mps", "emulated", "cuda", "xpu", "cpu")
-ENV_VARIABLE = "PYTEST_MPS_DEVICE"
 
 _STANDIN_LABELS = {
     "emulated": "emulated mps (stand-in: MPS rules, CPU arithmetic)",
@@ -143,6 +142,15 @@ class Target:
         return int(backend.max_memory_allocated())
 
 
+def target_name_of(label: str) -> str:
+    """The target name (``mps``, ``emulated``, ``cuda``...) behind a :attr:`Target.label` (reports keep
+    labels); an unknown label is returned as it is."""
+    for name, text in _STANDIN_LABELS.items():
+        if label == text:
+            return name
+    return label
+
+
 def _explain_mps(env: MPSEnvironment) -> str:
     return env.unusable_reason or "torch.backends.mps.is_available() is False"
 
@@ -203,11 +211,3 @@ def resolve_target(
             )
         return Target(value, value)
     return Target("cpu", value)
-
-
-def requested_from(option: str | None, ini: str | None) -> str:
-    """Pick the requested target: command line > ``$PYTEST_MPS_DEVICE`` > ini > ``auto``."""
-    for value in (option, os.environ.get(ENV_VARIABLE), ini):
-        if value:
-            return value
-    return "auto"

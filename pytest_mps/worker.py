@@ -17,6 +17,8 @@ Requests and answers:
 
 Outcomes are :meth:`pytest_mps.suite.Outcome.to_dict` data. The worker is started with ``spawn``
 semantics (a fresh interpreter, never a fork: forking after Metal is initialised is unsafe on macOS).
+It leaves as soon as its parent is gone (``$PYTEST_MPS_PARENT_PID``), even in the middle of a check, so
+killing the parent (``kill -9``) leaves no orphan.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import json
 import os
 import signal
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Sequence
@@ -42,19 +45,10 @@ def _protocol_channel() -> IO[str]:
     return os.fdopen(fd, "w", buffering=1, encoding="utf-8")
 
 
-def _jsonable(value: Any) -> Any:
-    """numpy scalars as Python numbers; anything else JSON cannot take as its text."""
-    item = getattr(value, "item", None)
-    if callable(item):
-        try:
-            return item()
-        except (TypeError, ValueError):
-            pass
-    return str(value)
-
-
 def _send(channel: IO[str], message: dict[str, Any]) -> None:
-    channel.write(json.dumps(message, default=_jsonable) + "\n")
+    from pytest_mps.jsonable import plain_json
+
+    channel.write(json.dumps(plain_json(message)) + "\n")
     channel.flush()
 
 
@@ -66,41 +60,60 @@ def _preload() -> None:
 
         diffusers.DiffusionPipeline  # noqa: B018 - the lazy import is the point
         import pytest_mps.checks
-        import pytest_mps.pipelines  # noqa: F401
+        import pytest_mps.pipelines
+        import pytest_mps.suite.suite_checks  # noqa: F401
     except Exception:  # a broken installation is reported by the load request, with its message
         traceback.print_exc()
 
 
 def _serve(request: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
-    from pytest_mps import crash_probe
+    # Looked up on the module at each request (not imported by name), so a test can wrap them.
+    from pytest_mps.suite import runner
+    from pytest_mps.suite.settings import PipelineSpec, SuiteSettings
 
     op = request.get("op")
     if op == "load":
-        from pytest_mps.suite import PipelineSpec, SuiteSettings, load_for_suite
-
-        crash_probe.maybe_crash("load")
-        loaded = load_for_suite(
+        loaded = runner.load_for_suite(
             PipelineSpec.from_dict(request["spec"]),
             SuiteSettings.from_dict(request["settings"]),
             nodeid=request.get("nodeid"),
         )
         state["loaded"] = loaded
-        return {"outcome": loaded.load.to_dict()}
+        return {"outcome": loaded.load.to_dict(), "references": _store_stats(loaded)}
     if op == "check":
-        from pytest_mps.suite import run_check
-
         name = str(request["name"])
         current = state.get("loaded")
         if current is None:
             raise RuntimeError("check requested before load")
-        crash_probe.maybe_crash(name)
-        return {"outcome": run_check(name, current, nodeid=request.get("nodeid")).to_dict()}
+        outcome = runner.run_suite_check(name, current, nodeid=request.get("nodeid"))
+        return {"outcome": outcome.to_dict(), "references": _store_stats(current)}
     raise ValueError(f"unknown request {op!r}")
+
+
+def _store_stats(loaded: Any) -> dict[str, Any] | None:
+    """The worker's reference store counts so far (the parent adds them to the session's)."""
+    store = getattr(getattr(loaded, "references", None), "store", None)
+    return store.stats() if store is not None else None
+
+
+def _leave_with_parent(parent: int, interval: float = 0.5) -> None:
+    """Exit this process as soon as ``parent`` is no longer its parent (it died, or was killed)."""
+
+    def watch() -> None:
+        while True:
+            time.sleep(interval)
+            if os.getppid() != parent:
+                os._exit(70)
+
+    threading.Thread(target=watch, name="pytest-mps-parent-watch", daemon=True).start()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Serve requests from stdin until ``exit`` or end of input."""
     args = list(sys.argv[1:] if argv is None else argv)
+    parent = os.environ.get("PYTEST_MPS_PARENT_PID", "")
+    if parent.isdigit():
+        _leave_with_parent(int(parent))
     channel = _protocol_channel()
     faulthandler.enable(all_threads=True)
     if hasattr(signal, "SIGUSR1"):

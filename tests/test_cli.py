@@ -17,9 +17,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from pytest_mps import cli
-from pytest_mps.check_plugin import Cell, SuiteState, verdict_lines
-from pytest_mps.suite import CHECKS, REQUIRED, Loaded, PipelineSpec, SuiteSettings, run_check
-from pytest_mps.target import Target
+from pytest_mps.registry import CHECKS, required_checks
+from pytest_mps.suite import Loaded, Outcome, PipelineSpec, SuiteSettings, run_suite_check
+from pytest_mps.verdict import pipeline_verdict
 
 from conftest import FIXTURES
 
@@ -101,9 +101,10 @@ def test_junit_xml_carries_the_results(bundled) -> None:
     parity = next(c for c in cases if c.get("name") == "test_cpu_parity[tiny-ddpm]")
     props = {p.get("name"): p.get("value") for p in parity.iter("property")}
     assert props["mps_suite"] == "tiny-ddpm::cpu_parity"
-    assert json.loads(str(props["mps_suite_cell"]))["state"] == "ok"
     result = json.loads(str(props["pytest_mps_result"]))
-    assert result["pipeline"] == "tiny-ddpm" and result["real_mps"] is False
+    assert result["status"] == "passed" and result["check"] == "cpu_parity"
+    assert result["pipeline"] == "tiny-ddpm" and result["pipeline_class"] == "DDPMPipeline"
+    assert result["real_mps"] is False
 
 
 # --- planted faults --------------------------------------------------------------------------------
@@ -134,20 +135,26 @@ def faulty(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def test_planted_faults_fail_and_the_table_names_the_check(
+def test_planted_faults_fail_and_the_table_says_they_fail_on_the_cpu_too(
     faulty: Path, capsys: pytest.CaptureFixture[str], one_thread: object
 ) -> None:
+    """NaN weights and a bogus scheduler config break the pipeline everywhere: each failing check is
+    re-run on the CPU, fails there too, and is labelled "not an MPS problem" (the run still fails)."""
     folders = [str(faulty / n) for n in ("nan-weights", "bad-scheduler")]
     status = cli.main(["check", *folders, "--no-isolate", "--checks", "load,inference,cpu_parity,schedulers"])
     out = capsys.readouterr().out
     assert status == 1, out
     assert "Traceback" not in out
-    assert row_of(out, "nan-weights").endswith("fails: inference, cpu_parity, schedulers")
-    assert "FAIL NaN" in row_of(out, "nan-weights")
-    assert "nan-weights inference, cpu_parity: target output contains NaN/Inf" in out
-    assert row_of(out, "bad-scheduler").endswith("fails: inference, cpu_parity, schedulers")
-    assert "FAIL ValueError" in row_of(out, "bad-scheduler")
-    assert "raised ValueError: prediction_type given as bogus must be one of" in out
+    nan_row = row_of(out, "nan-weights")
+    assert nan_row.endswith(
+        "inference, cpu_parity, schedulers fail on the CPU too (not an MPS problem); "
+        "no MPS-specific failure (emulated); not run: batch, attention_slicing, determinism, float16, speed"
+    )
+    assert "cpu-too NaN" in nan_row and "FAIL" not in nan_row
+    assert "nan-weights inference, cpu_parity: fails on the CPU too (target output contains NaN/Inf" in out
+    bad_row = row_of(out, "bad-scheduler")
+    assert "cpu-too ValueError" in bad_row and "FAIL" not in bad_row
+    assert "prediction_type given as bogus must be one of" in out
 
 
 @pytest.mark.parametrize(
@@ -189,7 +196,10 @@ def test_pickled_weights_load_when_the_user_opts_in(
             "pipeline folder fixtures/no-such-pipeline does not exist; check the path",
         ),
         (["pytest_mps"], "pytest_mps is not a Diffusers pipeline folder (no model_index.json)"),
-        (["fixtures/tiny-ddpm", "--device", "metal"], "unknown device 'metal'; choose one of auto, mps,"),
+        (
+            ["fixtures/tiny-ddpm", "--device", "metal"],
+            "argument --device: unknown target device 'metal'; choose one of auto, mps,",
+        ),
         (["fixtures/tiny-ddpm", "--device", "mps"], "--device mps: MPS is unavailable: "),
     ],
 )
@@ -211,9 +221,13 @@ def test_bad_input_is_one_line_from_the_console_script(args: list[str], message:
             ["--schedulers", "EulerDiscrete"],
             "unknown scheduler 'EulerDiscrete'; did you mean EulerDiscreteScheduler",
         ),
-        (["--checks", "parity"], "unknown check(s) parity; choose from load, inference, cpu_parity"),
-        (["--steps", "x"], "argument --steps: invalid int value: 'x'"),
-        (["--steps", "0"], "--steps 0: needs at least 1 step"),
+        (["--checks", "parity"], "argument --checks: unknown check 'parity'"),
+        (["--checks", "parity"], "choose from load, inference, cpu_parity"),
+        (["--steps", "x"], "argument --steps: 'x' is not a whole number of steps"),
+        (["--steps", "0"], "argument --steps: '0': needs at least 1 step"),
+        (["--timeout", "nan"], "argument --timeout: 'nan' is not a number of seconds (it must be finite)"),
+        (["--timeout", "-1"], "argument --timeout: '-1': give seconds, or 0 for no limit"),
+        (["--size", "4"], "argument --size: '4': give a side of at least 8 pixels"),
         (
             ["--frob", "out.xml"],
             "pipeline folder out.xml does not exist; check the path (if it is the value",
@@ -227,18 +241,13 @@ def test_bad_options_are_one_line(args: list[str], message: str, capsys: pytest.
     assert captured.err.count("\n") == 1 and message in captured.err
 
 
-def test_commands(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_commands(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["--help"]) == 0
     assert "pytest-mps check fixtures/tiny-sd fixtures/tiny-ddpm fixtures/tiny-dit" in capsys.readouterr().out
     assert cli.main(["check"]) == 2
     assert "give at least one pipeline folder" in capsys.readouterr().err
     assert cli.main(["frobnicate"]) == 2
     assert "unknown command 'frobnicate'" in capsys.readouterr().err
-    import importlib.util
-
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
-    assert cli.main(["merge", "x.json"]) == 2
-    assert "this installation has no pytest_mps.merge module" in capsys.readouterr().err
 
 
 def test_python_dash_m_is_the_cli() -> None:
@@ -274,8 +283,6 @@ def test_words_for_pytest_are_told_apart_from_pipeline_folders() -> None:
 
 def test_the_suite_runs_under_plain_pytest_with_k(pytester: pytest.Pytester, one_thread: object) -> None:
     result = pytester.runpytest(
-        "-p",
-        "pytest_mps.check_plugin",
         "--pyargs",
         "pytest_mps.suite",
         "--mps-pipelines",
@@ -292,54 +299,49 @@ def test_the_suite_runs_under_plain_pytest_with_k(pytester: pytest.Pytester, one
     row = row_of(out, "tiny-ddpm")
     assert row.split()[1:3] == ["ok", "0"]
     assert row.endswith(
-        "pre-check passed (cpu stand-in); not run: " + ", ".join(n for n in REQUIRED if n != "cpu_parity")
+        "pre-check passed (cpu stand-in); not run: "
+        + ", ".join(n for n in required_checks() if n != "cpu_parity")
     )
 
 
 def test_no_pipelines_is_a_skip_with_the_reason(pytester: pytest.Pytester) -> None:
-    result = pytester.runpytest("-p", "pytest_mps.check_plugin", "--pyargs", "pytest_mps.suite", "-rs")
+    result = pytester.runpytest("--pyargs", "pytest_mps.suite", "-rs")
     result.assert_outcomes(skipped=10)
     result.stdout.fnmatch_lines(["*no pipelines to check: pass --mps-pipelines PATH*"])
 
 
 def test_loading_the_plugin_imports_nothing_heavy(pytester: pytest.Pytester) -> None:
     pytester.makepyfile("import sys\n\ndef test_a():\n    assert 'torch' not in sys.modules\n")
-    result = pytester.runpytest_subprocess("-p", "pytest_mps.check_plugin", "--mps-checks", "cpu_parity")
+    result = pytester.runpytest_subprocess("--mps-checks", "cpu_parity")
     result.assert_outcomes(passed=1)
 
 
 # --- the verdict: only real MPS earns the badge ----------------------------------------------------
 
 
-def _state(cells: dict[str, Cell]) -> SuiteState:
-    return SuiteState(
-        specs=[PipelineSpec("/x/p", "p")], isolate=True, timeout=600, checks=list(CHECKS), cells={"p": cells}
-    )
-
-
-def _all_ok(speed: str = "2.50x") -> dict[str, Cell]:
-    cells = {name: Cell("ok", "0") for name in REQUIRED}
-    cells["speed"] = Cell("ok", speed)
-    return cells
+def _all_ok(*, real_mps: bool = True, speed: float = 2.5, target: str = "mps") -> list[dict[str, Any]]:
+    results = [
+        {"check": name, "status": "passed", "real_mps": real_mps, "target": target}
+        for name in required_checks()
+    ]
+    next(r for r in results if r["check"] == "speed")["figure"] = speed
+    return results
 
 
 def test_only_real_mps_with_every_check_and_a_speedup_earns_the_badge() -> None:
-    def verdict(cells: dict[str, Cell], target: Target) -> str:
-        return verdict_lines(_state(cells), target)[3].split("  ")[-1]
+    from pytest_mps.target import Target
 
-    mps = Target("mps", "mps")
-    assert verdict(_all_ok(), mps) == "earns the MPS badge (2.50x faster than the CPU)"
-    slow = _all_ok()
-    slow["speed"] = Cell("FAIL", "0.80x", "MPS is no faster than the CPU")
-    assert verdict(slow, mps) == "fails: speed (0.80x the CPU's speed)"
-    partial = _all_ok()
-    del partial["float16"]
-    assert verdict(partial, mps).startswith("no badge yet: float16 not run")
+    assert pipeline_verdict(_all_ok()).text == "earns the MPS badge (2.50x faster than the CPU)"
+    assert pipeline_verdict(_all_ok()).badge
+    slow = _all_ok(speed=0.8)
+    next(r for r in slow if r["check"] == "speed")["status"] = "failed"
+    assert pipeline_verdict(slow).text == "fails: speed (0.80x the CPU's speed)"
+    partial = [r for r in _all_ok() if r["check"] != "float16"]
+    assert pipeline_verdict(partial).text.startswith("no badge yet: float16 not run")
+    assert not pipeline_verdict(partial).badge
     for name, kind in (("emulated", "emulated"), ("cuda", "cuda stand-in"), ("cpu", "cpu stand-in")):
-        lines = verdict_lines(_state(_all_ok()), Target(name, name))
-        assert STANDIN_HEAD in lines[0]
-        assert verdict(_all_ok(), Target(name, name)) == f"pre-check passed ({kind})"
-        assert not any("badge (" in line for line in lines)
+        verdict = pipeline_verdict(_all_ok(real_mps=False, target=Target(name, name).label))
+        assert verdict.text == f"pre-check passed ({kind})" and not verdict.badge
 
 
 class _SlowMPS:
@@ -348,7 +350,9 @@ class _SlowMPS:
     name = "mps"
     label = "mps"
     is_real_mps = True
+    is_mps_like = True
     available = True
+    device_type = "cpu"  # where its tensors really are
 
     def synchronize(self) -> None:
         import time
@@ -357,18 +361,24 @@ class _SlowMPS:
 
 
 def test_a_pipeline_no_faster_than_the_cpu_fails_the_speed_check_on_mps(one_thread: object) -> None:
+    from pytest_mps.input_spec import InputSpec
     from pytest_mps.pipelines import load_pipeline, prepare_pipeline
     from pytest_mps.references import ReferenceCache
-    from pytest_mps.suite import Outcome, _inputs
+    from pytest_mps.results import CheckResult
 
     pipe = prepare_pipeline(load_pipeline(FIXTURES / "tiny-ddpm"))
     settings = SuiteSettings(device="mps")
     target: Any = _SlowMPS()
     loaded = Loaded(
-        PipelineSpec("x", "tiny-ddpm"), settings, target, Outcome(), pipe, references=ReferenceCache()
+        PipelineSpec("x", "tiny-ddpm"),
+        settings,
+        target,
+        Outcome(CheckResult("load")),
+        pipe,
+        inputs=InputSpec(),
+        references=ReferenceCache(),
     )
-    loaded.inputs = _inputs(pipe, settings)
-    result = run_check("speed", loaded).result
-    assert result is not None and not result.passed
+    result = run_suite_check("speed", loaded).result
+    assert result.status.value == "failed"
     assert result.failures[0].startswith("MPS is no faster than the CPU: 0.")
     assert result.details["judged"] is True and result.details["speedup"] < 1.0

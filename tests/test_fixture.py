@@ -208,7 +208,27 @@ def test_bad_ini_tolerance_is_a_usage_error(pytester: pytest.Pytester) -> None:
     pytester.makeini("[pytest]\nmps_atol = tight\n")
     result = pytester.runpytest()
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["ERROR: ini mps_atol = 'tight' is not a number; write e.g. mps_atol = 1e-3"])
+    result.stderr.fnmatch_lines(
+        ["ERROR: ini mps_atol: could not convert string to float: 'tight'; write e.g. mps_atol = 1e-3"]
+    )
+
+
+@pytest.mark.parametrize(
+    ("ini", "message"),
+    [
+        ("mps_atol = nan", "ERROR: ini mps_atol: 'nan' is not a number (it must be finite)"),
+        ("mps_timeout = -3", "ERROR: ini mps_timeout: '-3*': give seconds, or 0 for no limit"),
+        ("mps_steps = 0", "ERROR: ini mps_steps: '0': needs at least 1 step"),
+        ("mps_device = metal", "ERROR: ini mps_device: unknown target device 'metal'; choose one of auto, *"),
+    ],
+)
+def test_ini_values_obey_the_same_rules_as_the_command_line(
+    pytester: pytest.Pytester, ini: str, message: str
+) -> None:
+    pytester.makeini(f"[pytest]\n{ini}\n")
+    result = pytester.runpytest()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([message])
 
 
 def test_failing_check_reads_well_and_lands_in_the_session_table(pytester: pytest.Pytester) -> None:
@@ -227,13 +247,15 @@ def test_failing_check_reads_well_and_lands_in_the_session_table(pytester: pytes
     result.stdout.fnmatch_lines(
         [
             "E * AssertionError: cpu_parity FAILED on cpu (stand-in for mps: CPU against CPU, a dry run) for "
-            "DDPMPipeline: target output contains NaN/Inf (3072 NaN of 3072 values): black image",
+            "tiny-ddpm (DDPMPipeline): target output contains NaN/Inf (3072 NaN of 3072 values): black image",
             "*= pytest-mps =*",
-            "target: cpu (stand-in for mps*  [[]stand-in: not an MPS verdict]",
-            "DDPMPipeline  cpu_parity  failed   target output contains NaN*",
+            "target: cpu (stand-in for mps*: a pre-check on a stand-in, not an MPS verdict; no badge is*",
+            "tiny-ddpm (DDPMPipeline)  cpu_parity  failed   target output contains NaN*",
+            "verdicts:",
+            "  tiny-ddpm: fails: cpu_parity",
         ]
     )
-    assert "pytest_mps/checks.py" not in result.stdout.str()  # helper frames are hidden
+    assert "pytest_mps/checks/" not in result.stdout.str()  # helper frames are hidden
     junit = (pytester.path / "junit.xml").read_text()
     assert 'name="mps:cpu_parity:outcome" value="failed"' in junit
 
@@ -306,6 +328,6 @@ def test_a_check_that_raises_is_recorded(pytester: pytest.Pytester) -> None:
     result.stdout.fnmatch_lines(
         [
             "E * NotImplementedError: no kernel for this op",
-            "DDPMPipeline  cpu_parity  failed   raised NotImplementedError*",
+            "tiny-ddpm (DDPMPipeline)  cpu_parity  failed   raised NotImplementedError*",
         ]
     )

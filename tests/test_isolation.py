@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from pytest_mps import crash_probe
 from pytest_mps.isolation import (
     Death,
     IsolatedRunner,
@@ -19,15 +18,16 @@ from pytest_mps.isolation import (
     WorkerPool,
     crash_quote,
     python_frames,
-    result_from_dict,
 )
 from pytest_mps.metrics import Comparison
 from pytest_mps.results import CheckResult
 from pytest_mps.suite import PipelineSpec, SuiteSettings
 from pytest_mps.target import Target
 from pytest_mps.tolerances import resolve_tolerance
+from pytest_mps.verdict import Status
 
 from conftest import FIXTURES
+from crashprobe import crash_probe
 
 # A load request the worker answers without importing torch or diffusers: the device is refused first.
 CHEAP_LOAD = {
@@ -38,7 +38,7 @@ CHEAP_LOAD = {
 
 
 def _worker(probe: str = "") -> Worker:
-    return Worker(preload=False, env={crash_probe.ENV_VARIABLE: probe})
+    return Worker(preload=False, env={crash_probe.ENV_VARIABLE: probe, "PYTHONPATH": crash_probe.FOLDER})
 
 
 # --- one worker, no torch ------------------------------------------------------------------------
@@ -109,14 +109,41 @@ def test_a_worker_that_exits_without_answering() -> None:
     assert worker.request(CHEAP_LOAD, timeout=60, doing="load") is got
 
 
-def test_the_probe_does_nothing_unless_asked(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(crash_probe.ENV_VARIABLE, raising=False)
-    assert crash_probe.planned() == {}
-    crash_probe.maybe_crash("cpu_parity")  # returns
-    assert crash_probe.planned({crash_probe.ENV_VARIABLE: "a=abort, b=nonsense,c=hang"}) == {
-        "a": "abort",
-        "c": "hang",
-    }
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie left for a container's init to reap counts as gone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.exists() and stat.read_text().rsplit(")", 1)[-1].split()[0] == "Z")
+
+
+def test_a_worker_dies_with_its_parent(tmp_path: Path) -> None:
+    """``kill -9`` of the process that started a worker (a ``pytest-mps check`` run, say) leaves no
+    orphan: the worker notices its parent is gone and leaves, even in the middle of a request."""
+    import signal
+
+    script = tmp_path / "parent.py"
+    script.write_text(
+        "import sys, time\n"
+        "from pytest_mps.isolation import Worker\n"
+        "w = Worker(preload=False)\n"
+        "assert w.wait_ready()\n"
+        "print(w.pid, flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    assert parent.stdout is not None
+    worker_pid = int(parent.stdout.readline())
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait(timeout=30)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and _alive(worker_pid):
+        time.sleep(0.1)
+    if _alive(worker_pid):
+        os.kill(worker_pid, signal.SIGKILL)
+        pytest.fail(f"worker {worker_pid} outlived its parent by 20 s")
 
 
 def test_a_pool_hands_out_its_spare_first() -> None:
@@ -146,7 +173,8 @@ def test_a_runner_reports_a_load_that_fails_and_skips_the_rest() -> None:
         assert first.result is not None and not first.result.passed
         assert first.result.pipeline == "tiny-ddpm"
         later = runner.check("cpu_parity")
-        assert later.skip and later.skip.startswith("tiny-ddpm did not load: ")
+        assert later.result.status.value == "skipped"
+        assert later.result.summary.startswith("tiny-ddpm did not load: ")
         assert runner.workers == 1
     finally:
         runner.close()
@@ -207,7 +235,7 @@ def test_results_cross_the_process_boundary_intact() -> None:
     )
     original = CheckResult(
         check="cpu_parity",
-        passed=False,
+        status=Status.FAILED,
         target="cpu (stand-in for mps: CPU against CPU, a dry run)",
         real_mps=False,
         pipeline="tiny-ddpm",
@@ -219,7 +247,7 @@ def test_results_cross_the_process_boundary_intact() -> None:
         details={"reference": "computed", "nested": {"a": [1, 2]}},
         nodeid="x::y",
     )
-    rebuilt = result_from_dict(original.to_dict())
+    rebuilt = CheckResult.from_dict(original.to_dict())
     assert rebuilt.to_dict() == original.to_dict()
     assert rebuilt.report() == original.report()
 
@@ -242,6 +270,7 @@ def crashed_session(
     """One ``pytest-mps check`` run on tiny-ddpm whose workers abort, segfault and hang on purpose."""
     junit = tmp_path_factory.mktemp("crashes") / "junit.xml"
     env = {**os.environ, crash_probe.ENV_VARIABLE: CRASHES, "OMP_NUM_THREADS": "1"}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (crash_probe.FOLDER, env.get("PYTHONPATH", "")) if p)
     command = [
         *console_script(),
         "check",
@@ -280,7 +309,7 @@ def test_crash_reports_name_the_signal_quote_the_assertion_and_attach_stderr(cra
     assert "killed by SIGSEGV (signal 11)" in segv and "Fatal Python error: Segmentation fault" in segv
     hang = out[out.index("_ test_determinism[tiny-ddpm] _") :]
     assert "determinism did not finish within 5s (--mps-timeout)" in hang
-    assert "where it hung: _hang (pytest_mps/crash_probe.py:" in hang
+    assert "where it hung: _hang (" in hang and "crash_probe.py:" in hang
 
 
 def test_junit_keeps_the_worker_stderr(crashed_session) -> None:
@@ -290,4 +319,29 @@ def test_junit_keeps_the_worker_stderr(crashed_session) -> None:
     case = next(c for c in tree.iter("testcase") if c.get("name") == "test_cpu_parity[tiny-ddpm]")
     props = {p.get("name"): p.get("value") for p in case.iter("property")}
     assert crash_probe.METAL_ASSERTION in str(props["mps:worker_stderr"])
-    assert props["mps:cpu_parity:outcome"] == "failed"
+    assert props["mps:cpu_parity:outcome"] == "crashed"
+
+
+def test_isolated_workers_use_the_sessions_reference_store(tmp_path: Path) -> None:
+    """Worker processes store the CPU references in the session's folder and find them next time; the
+    session's summary line counts what they did."""
+    refs = tmp_path / "refs"
+    command = [
+        *console_script(),
+        "check",
+        str(FIXTURES / "tiny-ddpm"),
+        "--checks",
+        "load,cpu_parity",
+        "--",
+        "--mps-references",
+        str(refs),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    first = subprocess.run(command, capture_output=True, text=True, env=env, timeout=240)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "crash isolation on" in first.stdout
+    assert len(list(refs.glob("*.safetensors"))) == 1
+    assert "references: 0 loaded, 1 written, 0 rewritten" in first.stdout
+    second = subprocess.run(command, capture_output=True, text=True, env=env, timeout=240)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "references: 1 loaded, 0 written, 0 rewritten" in second.stdout

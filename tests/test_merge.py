@@ -8,7 +8,7 @@ from pathlib import Path
 
 import jsonschema
 import pytest
-from test_reports import SCHEMA, report_of, result
+from test_reports import SCHEMA, full_run, report_of, result
 
 from pytest_mps.merge import main
 from pytest_mps.reports.html import place_images
@@ -29,7 +29,7 @@ def shard(folder: Path, *results, real_mps: bool) -> Path:
 def shards(tmp_path: Path) -> tuple[Path, Path]:
     mac = shard(
         tmp_path / "mac",
-        result(pipeline="StableDiffusionPipeline", real_mps=True, nodeid="t.py::test_sd"),
+        *full_run("StableDiffusionPipeline"),
         result(pipeline="DiTPipeline", real_mps=True, passed=False, shift=0.3, nodeid="t.py::test_dit"),
         real_mps=True,
     )
@@ -55,23 +55,37 @@ def test_merge_joins_shards(tmp_path: Path, shards: tuple[Path, Path], capsys: p
         ]
     )
     assert code == 0, capsys.readouterr().err
-    assert "merged 2 run(s): 3 checks, 2 passed, 1 failed (2 on real MPS)" in capsys.readouterr().out
+    full = len(full_run())
+    checks = full + 2
+    out_text = capsys.readouterr().out
+    assert (
+        f"merged 2 run(s): {checks} checks, {checks - 1} passed, 1 failed ({full + 1} on real MPS)"
+        in out_text
+    )
     merged = json.loads((out / "r.json").read_text())
     jsonschema.validate(merged, SCHEMA)
     assert [s["name"] for s in merged["sources"]] == ["report.json", "report.json"]
     assert [(c["pipeline"], c["source"]) for c in merged["checks"]] == [
-        ("StableDiffusionPipeline", 0),
+        *[("StableDiffusionPipeline", 0)] * full,
         ("DiTPipeline", 0),
         ("DDPMPipeline", 1),
     ]
     assert merged["sources"][1]["target"]["real_mps"] is False
-    assert merged["totals"] == {"checks": 3, "passed": 2, "failed": 1, "real_mps": 2, "standin": 1}
+    assert merged["totals"] == {
+        "checks": checks,
+        "passed": checks - 1,
+        "failed": 1,
+        "real_mps": full + 1,
+        "standin": 1,
+    }
     # images copied into the merged HTML folder; the merged JSON points at them
-    for check in merged["checks"]:
+    with_images = [c for c in merged["checks"] if c["images"]]
+    assert len(with_images) == checks - 1  # the speed check has no images
+    for check in with_images:
         for name in ("cpu", "target", "diff"):
             assert (out / check["images"][name]).is_file()
     page = (out / "html" / "index.html").read_text()
-    assert page.count("<figure>") == 9 and "stand-in" in page
+    assert page.count("<figure>") == 3 * len(with_images) and "stand-in" in page
     markdown = (out / "r.md").read_text()
     assert markdown.count(BADGE) == 1
     badge_row = next(line for line in markdown.splitlines() if BADGE in line)
@@ -84,16 +98,29 @@ def test_a_merged_report_merges_again(tmp_path: Path, shards: tuple[Path, Path])
     assert main([str(once), str(shards[1]), "--json", str(tmp_path / "twice.json")]) == 0
     twice = json.loads((tmp_path / "twice.json").read_text())
     jsonschema.validate(twice, SCHEMA)
-    assert [c["source"] for c in twice["checks"]] == [0, 0, 1]
+    assert [c["source"] for c in twice["checks"]] == [0] * (len(full_run()) + 1) + [1]
     # without --html the merged JSON points at the shards' own images
     assert (tmp_path / twice["checks"][0]["images"]["cpu"]).resolve().is_file()
 
 
 def test_a_real_mps_failure_in_any_shard_denies_the_badge(tmp_path: Path) -> None:
-    passing = shard(tmp_path / "a", result(pipeline="P", real_mps=True), real_mps=True)
+    passing = shard(tmp_path / "a", *full_run("P"), real_mps=True)
+    assert main([str(passing), "--md", str(tmp_path / "alone.md")]) == 0
+    assert BADGE in (tmp_path / "alone.md").read_text()
     failing = shard(tmp_path / "b", result(pipeline="P", real_mps=True, passed=False), real_mps=True)
     assert main([str(passing), str(failing), "--md", str(tmp_path / "r.md")]) == 0
     assert BADGE not in (tmp_path / "r.md").read_text()
+
+
+def test_a_partial_real_mps_run_gets_no_badge_from_merge(tmp_path: Path) -> None:
+    """A Mac test that only called assert_cpu_parity: the merged Markdown and HTML carry no badge."""
+    partial = shard(tmp_path / "a", result(pipeline="P", real_mps=True), real_mps=True)
+    more = shard(tmp_path / "b", *full_run("P", drop=("cpu_parity", "float16")), real_mps=True)
+    out = tmp_path / "merged"
+    assert main([str(partial), str(more), "--md", str(out / "r.md"), "--html", str(out / "html")]) == 0
+    markdown = (out / "r.md").read_text()
+    assert BADGE not in markdown and "no badge yet: float16 not run on MPS" in markdown
+    assert '<span class="badge"' not in (out / "html" / "index.html").read_text()
 
 
 @pytest.mark.parametrize(

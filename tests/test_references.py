@@ -337,8 +337,6 @@ def _versions(monkeypatch):
 
 # The outer suite turns PytestMPSWarning into errors (pyproject); inner runs see them as a user would.
 ARGS = (
-    "-p",
-    "pytest_mps.report_plugin",
     "--mps-device",
     "cpu",
     "--mps-report-json",
@@ -505,7 +503,7 @@ def test_store_module_imports_nothing_heavy() -> None:
     code = textwrap.dedent(
         """
         import sys
-        import pytest_mps.report_plugin, pytest_mps.reference_store, pytest_mps.merge
+        import pytest_mps.plugin, pytest_mps.reference_store, pytest_mps.merge
         import pytest_mps.reports.model, pytest_mps.reports.html, pytest_mps.reports.markdown
         heavy = [m for m in ("torch", "diffusers", "numpy", "safetensors", "PIL") if m in sys.modules]
         print("HEAVY", heavy)

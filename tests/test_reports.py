@@ -16,14 +16,16 @@ import pytest
 from PIL import Image
 
 from pytest_mps.metrics import compare
+from pytest_mps.registry import required_checks
 from pytest_mps.reports.html import place_images, render_html, write_html
 from pytest_mps.reports.images import encode_images, heatmap, to_rgb
 from pytest_mps.reports.json_report import json_text, write_json
 from pytest_mps.reports.markdown import BADGE, md_text, render_markdown, write_markdown
 from pytest_mps.reports.model import SCHEMA_PATH, build_report, comparable, pipeline_rows
 from pytest_mps.results import CheckResult
-from pytest_mps.summary import summary_lines
+from pytest_mps.tables import session_table
 from pytest_mps.tolerances import resolve_tolerance
+from pytest_mps.verdict import Status
 
 from conftest import FIXTURES
 
@@ -48,7 +50,7 @@ def result(
     target[:, 2:5, 2:5] += shift
     return CheckResult(
         check=check,
-        passed=passed,
+        status=Status.PASSED if passed else Status.FAILED,
         target="mps" if real_mps else "cpu (stand-in for mps: CPU against CPU, a dry run)",
         real_mps=real_mps,
         pipeline=pipeline,
@@ -61,6 +63,27 @@ def result(
         images={"cpu": cpu, "target": target},
         nodeid=nodeid,
     )
+
+
+def full_run(
+    pipeline: str = "StableDiffusionPipeline",
+    *,
+    real_mps: bool = True,
+    speed: float = 2.0,
+    failing: tuple[str, ...] = (),
+    drop: tuple[str, ...] = (),
+) -> list[CheckResult]:
+    """One result per check the badge requires, as the bundled suite records them."""
+    out = []
+    for check in required_checks():
+        if check in drop:
+            continue
+        one = result(pipeline=pipeline, check=check, real_mps=real_mps, passed=check not in failing)
+        one.nodeid = f"t.py::test_{check}[{pipeline}]"
+        if check == "speed":
+            one.figure, one.comparisons, one.images = speed, {}, {}
+        out.append(one)
+    return out
 
 
 def report_of(*results: CheckResult, real_mps: bool | None = None) -> dict:
@@ -126,8 +149,6 @@ def test_reports_of_a_real_session(pytester: pytest.Pytester) -> None:
         """
     )
     result_ = pytester.runpytest(
-        "-p",
-        "pytest_mps.report_plugin",
         "--mps-device",
         "cpu",
         "--mps-report-json",
@@ -164,7 +185,7 @@ def test_reports_of_a_real_session(pytester: pytest.Pytester) -> None:
         assert (out / failed["images"][name]).is_file()
     page = (out / "html" / "index.html").read_text()
     assert_inert(page, EVIL)
-    assert "images/0001-DDPMPipeline-cpu_parity-diff.png" in page
+    assert "images/0001-tiny-ddpm-cpu_parity-diff.png" in page
     markdown = (out / "report.md").read_text()
     assert "&lt;script&gt;" in markdown and "<script>" not in markdown
     assert BADGE not in markdown and "Stand-in results are not an MPS verdict" in markdown
@@ -173,20 +194,35 @@ def test_reports_of_a_real_session(pytester: pytest.Pytester) -> None:
 # --- Markdown -------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("real_mps", "passed", "badge"),
-    [(True, True, True), (False, True, False), (True, False, False), (False, False, False)],
-)
-def test_badge_only_for_real_mps_passes(real_mps: bool, passed: bool, badge: bool) -> None:
-    text = render_markdown(report_of(result(real_mps=real_mps, passed=passed)))
-    assert (BADGE in text) is badge
-    assert ("stand-in" in text) is (not real_mps)
+_BADGE_CASES = {
+    "a full real-MPS pass": ({}, True),
+    "a stand-in": ({"real_mps": False}, False),
+    "a failed check": ({"failing": ("batch",)}, False),
+    "no faster than the CPU": ({"speed": 0.8}, False),
+    "a check not run": ({"drop": ("float16",)}, False),
+    "only cpu_parity ran": ({"drop": tuple(c for c in required_checks() if c != "cpu_parity")}, False),
+}
+
+
+@pytest.mark.parametrize(("kwargs", "badge"), _BADGE_CASES.values(), ids=_BADGE_CASES.keys())
+def test_badge_only_for_a_full_real_mps_pass_in_every_output(
+    kwargs: dict, badge: bool, tmp_path: Path
+) -> None:
+    """The one verdict decides the badge in the JSON, the Markdown and the HTML report alike."""
+    report = report_of(*full_run(**kwargs))
+    assert report["pipelines"][0]["badge"] is badge
+    assert (report["pipelines"][0]["kind"] == "badge") is badge
+    assert (BADGE in render_markdown(report)) is badge
+    assert ('<span class="badge"' in render_html(report)) is badge
+    text = json_text(report)
+    assert json.loads(text)["pipelines"][0]["badge"] is badge
+    if not kwargs.get("real_mps", True):
+        assert "stand-in" in render_markdown(report)
 
 
 def test_badge_per_pipeline() -> None:
     report = report_of(
-        result(pipeline="StableDiffusionPipeline", real_mps=True),
-        result(pipeline="StableDiffusionPipeline", check="float16", real_mps=True),
+        *full_run("StableDiffusionPipeline"),
         result(pipeline="DiTPipeline", real_mps=True, passed=False),
         result(pipeline="DDPMPipeline", real_mps=False),
     )
@@ -195,16 +231,17 @@ def test_badge_per_pipeline() -> None:
     row = next(line for line in text.splitlines() if line.startswith("| StableDiffusionPipeline |"))
     assert BADGE in row
     verdicts = {row["pipeline"]: row["verdict"] for row in report["pipelines"]}
-    assert verdicts == {
-        "StableDiffusionPipeline": "works on MPS",
-        "DiTPipeline": "failed on MPS",
-        "DDPMPipeline": "stand-in only: not an MPS verdict",
-    }
+    assert verdicts["StableDiffusionPipeline"] == "earns the MPS badge (2.00x faster than the CPU)"
+    assert verdicts["DiTPipeline"] == "fails: cpu_parity"
+    assert verdicts["DDPMPipeline"].startswith("pre-check passed (cpu stand-in); not run: load, inference")
 
 
 def test_no_badge_when_real_mps_skipped_a_check_a_stand_in_ran() -> None:
-    rows = pipeline_rows([result(real_mps=True).to_dict(), result(check="float16", real_mps=False).to_dict()])
-    assert rows[0]["badge"] is False and "missing: float16" in rows[0]["verdict"]
+    checks = [r.to_dict() for r in full_run(drop=("float16",))]
+    checks.append(result(check="float16", real_mps=False, pipeline="StableDiffusionPipeline").to_dict())
+    rows = pipeline_rows(checks)
+    assert rows[0]["badge"] is False
+    assert rows[0]["verdict"] == "no badge yet: float16 not run on MPS (the badge needs every required check)"
 
 
 def test_markdown_escapes_names_and_table_pipes() -> None:
@@ -326,13 +363,14 @@ def test_to_rgb_layouts() -> None:
 # --- the session table ----------------------------------------------------------------------------------
 
 
-def test_summary_table_from_results_or_their_json_is_the_same() -> None:
-    results = [result(), result(pipeline="DiTPipeline", passed=False)]
-    assert summary_lines(results) == summary_lines([r.to_dict() for r in results])
-    assert "[stand-in: not an MPS verdict]" in summary_lines(results)[0]
-    mixed = summary_lines([result(real_mps=True), result()])
-    assert mixed[0].endswith("[stand-in: not an MPS verdict]") and mixed[-1].endswith("[stand-in]")
-    assert not mixed[2].endswith("[stand-in]")
+def test_session_table_marks_stand_ins_and_gives_each_pipeline_its_verdict() -> None:
+    results = [result().to_dict(), result(pipeline="DiTPipeline", passed=False).to_dict()]
+    lines = session_table(results, heading="target: x")
+    assert lines[0] == "target: x"
+    assert lines[-3] == "verdicts:"
+    assert lines[-1] == "  DiTPipeline: fails: cpu_parity"
+    mixed = session_table([result(real_mps=True).to_dict(), result().to_dict()], heading="h")
+    assert mixed[4].endswith("[stand-in]") and not mixed[3].endswith("[stand-in]")
 
 
 def test_comparable_drops_only_volatile_fields() -> None:

@@ -22,7 +22,7 @@ from conftest import FIXTURES, REPO
 pytest.importorskip("xdist")
 
 DDPM = str(FIXTURES / "tiny-ddpm")
-PLUGIN = ("-p", "pytest_mps.report_plugin", "-W", "default::pytest_mps.warnings.PytestMPSWarning")
+PLUGIN = ("-W", "default::pytest_mps.warnings.PytestMPSWarning")
 
 SUITE = f"""
 import pytest
@@ -96,7 +96,7 @@ def test_xdist_report_equals_serial_report(
     assert len(serial["checks"]) == 7
     assert comparable(xdist) == comparable(serial)
     # the controller printed the session table from the workers' results
-    result.stdout.fnmatch_lines(["*= pytest-mps =*", "DDPMPipeline  cpu_parity  failed*"])
+    result.stdout.fnmatch_lines(["*= pytest-mps =*", "tiny-ddpm (DDPMPipeline)  cpu_parity  failed*"])
     for name in runs:
         folder = pytester.path / name
         # images sent by the workers, written once by the controller
@@ -175,7 +175,7 @@ def test_one_worker_at_a_time_on_real_mps(pytester: pytest.Pytester, monkeypatch
 HOLDER = """
 import json, sys, time
 from pathlib import Path
-from pytest_mps.report_plugin import DeviceLock
+from pytest_mps.plugin.xdist import DeviceLock
 
 folder, slots, slot, hold, log = sys.argv[1:]
 lock = DeviceLock(Path(folder), slots=int(slots), slot=int(slot))
@@ -213,7 +213,7 @@ def test_device_lock_is_a_no_op_outside_workers(pytester: pytest.Pytester) -> No
         textwrap.dedent(
             """
             import contextlib
-            from pytest_mps.report_plugin import device_lock
+            from pytest_mps.plugin.xdist import device_lock
 
             def pytest_sessionfinish(session):
                 lock = device_lock(session.config)
@@ -231,4 +231,4 @@ def test_bad_worker_count_is_a_usage_error(pytester: pytest.Pytester) -> None:
     pytester.makepyfile("def test_a():\n    pass\n")
     result = pytester.runpytest(*PLUGIN, "--mps-xdist-workers", "-1")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["*--mps-xdist-workers -1: must be 0 (no limit) or more*"])
+    result.stderr.fnmatch_lines(["*argument --mps-xdist-workers: '-1': must be 0 (no limit) or more*"])

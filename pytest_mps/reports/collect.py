@@ -52,15 +52,27 @@ class ResultCollector:
         self.images: dict[str, ImageSet] = {}
         self.ran: set[str] = set()
         self.skipped: set[str] = set()
-        self.collection_errors = 0
+        #: why each skipped test was skipped
+        self.skip_reasons: dict[str, str] = {}
+        #: the last line of the error of tests that failed without recording a result
+        self.errors: dict[str, str] = {}
+        #: each test's string user properties (the last report's)
+        self.properties: dict[str, dict[str, str]] = {}
 
     def add_report(self, report: Any) -> None:
         """Take the results in a test report that were not taken from an earlier phase's report (the
         setup, call and teardown reports each carry every property recorded so far)."""
         nodeid = report.nodeid
         self.ran.add(nodeid)
+        props = getattr(report, "user_properties", ())
+        self.properties[nodeid] = {str(k): v for k, v in props if isinstance(v, str)}
         if report.skipped:
             self.skipped.add(nodeid)
+            reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+            self.skip_reasons[nodeid] = str(reason).removeprefix("Skipped: ")
+        elif report.failed and not any(name == RESULT_PROPERTY for name, _ in props):
+            text = [line for line in str(report.longrepr or "").strip().splitlines() if line.strip()]
+            self.errors[nodeid] = f"{report.when}: {text[-1].strip() if text else 'error'}"
         payloads = [
             value for name, value in getattr(report, "user_properties", ()) if name == RESULT_PROPERTY
         ]
@@ -81,6 +93,11 @@ class ResultCollector:
     def not_run(self) -> list[str]:
         """Collected tests that produced no report (the run stopped early or a worker crashed)."""
         return [nodeid for nodeid in self._order if nodeid not in self.ran]
+
+    def nodeids(self) -> list[str]:
+        """Every test that reported, in collection order."""
+        last = len(self._order)
+        return sorted(self.properties, key=lambda n: (self._order.get(n, last), n))
 
     def records(self) -> list[tuple[str, int, dict[str, Any]]]:
         """``(nodeid, ordinal, result)`` in collection order, then recording order."""

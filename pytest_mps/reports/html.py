@@ -171,7 +171,8 @@ def place_images(
 
 def _badge(row: Mapping[str, Any]) -> str:
     if row["badge"]:
-        return '<span class="badge" title="every check passed on real MPS">MPS</span>'
+        title = "earned on real MPS: every required check passed, and MPS beat the CPU"
+        return f'<span class="badge" title="{title}">MPS</span>'
     if not row["real_mps_checks"]:
         return '<span class="standin">stand-in only</span>'
     return "—"

@@ -14,19 +14,20 @@ A report (schema: ``pytest_mps/reports/schema.json``, version :data:`SCHEMA_VERS
 One pytest session gives one source; ``pytest-mps merge`` concatenates sources and checks (each check
 names its source by index), so a merged report has the same shape and can be merged again.
 
-The MPS badge: a pipeline earns it only from real MPS: it has at least one check on real MPS, every
-real-MPS check passed, and every kind of check run for it anywhere (stand-ins included) also ran on real
-MPS. Stand-in results never earn a badge and are labelled as stand-ins everywhere.
+Each pipeline row's ``badge``, ``kind`` and ``verdict`` come from :func:`pytest_mps.verdict.pipeline_verdict`,
+the one badge rule (every required check passed on real MPS, and MPS faster than the CPU). Stand-in
+results never earn a badge and are labelled as stand-ins everywhere.
 """
 
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+from pytest_mps.jsonable import plain_json
 
 __all__ = [
     "SCHEMA_PATH",
@@ -73,21 +74,6 @@ def _generator() -> str:
     return f"pytest-mps {__version__}"
 
 
-def plain_json(value: Any) -> Any:
-    """``value`` with tuples as lists, keys as strings and non-finite floats as None (strict JSON)."""
-    if isinstance(value, Mapping):
-        return {str(k): plain_json(v) for k, v in value.items()}
-    if isinstance(value, list | tuple | set | frozenset):
-        return [plain_json(v) for v in value]
-    if isinstance(value, bool) or value is None or isinstance(value, str | int):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if hasattr(value, "item"):  # numpy scalars
-        return plain_json(value.item())
-    return str(value)
-
-
 def totals(checks: Sequence[Mapping[str, Any]]) -> dict[str, int]:
     """How many checks there are, passed, failed, on real MPS and on stand-ins."""
     passed = sum(1 for c in checks if c.get("outcome") == "passed")
@@ -101,39 +87,32 @@ def totals(checks: Sequence[Mapping[str, Any]]) -> dict[str, int]:
     }
 
 
-def _verdict(rows: Sequence[Mapping[str, Any]]) -> tuple[bool, str]:
-    real = [c for c in rows if c.get("real_mps")]
-    if not real:
-        return False, "stand-in only: not an MPS verdict"
-    if any(c.get("outcome") != "passed" for c in real):
-        return False, "failed on MPS"
-    missing = sorted({c.get("check") for c in rows} - {c.get("check") for c in real})
-    if missing:
-        return False, "not every check ran on MPS (missing: " + ", ".join(str(m) for m in missing) + ")"
-    return True, "works on MPS"
-
-
 def pipeline_rows(checks: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """One row per pipeline (in order of first appearance) with its counts, targets and badge."""
+    """One row per pipeline (in order of first appearance) with its counts, targets and verdict (from
+    :func:`pytest_mps.verdict.pipeline_verdict`: the one badge rule)."""
+    from pytest_mps.verdict import pipeline_verdict
+
     groups: dict[str, list[Mapping[str, Any]]] = {}
     for check in checks:
         groups.setdefault(str(check.get("pipeline")), []).append(check)
     rows = []
     for name, group in groups.items():
-        badge, verdict = _verdict(group)
+        verdict = pipeline_verdict(group)
         passed = sum(1 for c in group if c.get("outcome") == "passed")
         real = sum(1 for c in group if c.get("real_mps"))
         rows.append(
             {
                 "pipeline": name,
+                "classes": sorted({str(c["pipeline_class"]) for c in group if c.get("pipeline_class")}),
                 "checks": len(group),
                 "passed": passed,
                 "failed": len(group) - passed,
                 "real_mps_checks": real,
                 "standin_checks": len(group) - real,
                 "targets": sorted({str(c.get("target")) for c in group}),
-                "badge": badge,
-                "verdict": verdict,
+                "badge": verdict.badge,
+                "kind": verdict.kind,
+                "verdict": verdict.text,
             }
         )
     return rows

@@ -1,18 +1,10 @@
-"""Crash isolation: a pipeline's checks run in a worker process, so a crash on the target (a Metal
-assertion that aborts, a segfault in a kernel, a hang) fails one check instead of ending the session.
+"""One worker process of crash isolation, seen from the parent: :class:`Worker` starts a child
+interpreter (``python -m pytest_mps.worker``: a fresh process, spawn semantics, never a fork), sends it
+JSON requests and notices when it dies (the signal, the exit status, the assertion quoted from its
+stderr) or stops answering in time (it is then asked for its Python stack and killed): a :class:`Death`.
+:class:`WorkerPool` hands out workers and can start a spare ahead of need.
 
-- :class:`Worker`: one child interpreter (``python -m pytest_mps.worker``, a fresh process: spawn
-  semantics, never fork) that answers JSON requests; it notices when the child dies (the signal, the
-  exit status, the assertion quoted from its stderr) or stops answering within a timeout (it is then
-  asked for its Python stack and killed).
-- :class:`IsolatedRunner`: serves one pipeline's checks from one worker, which loads the pipeline
-  once, until a check crashes it; a fresh worker then loads the pipeline again and carries on.
-- :class:`WorkerPool`: hands out workers, and can start a spare ahead of need (its torch and diffusers
-  imports then overlap the previous pipeline's checks).
-
-Results cross the process boundary as JSON (:meth:`CheckResult.to_dict`) and come back as
-:class:`~pytest_mps.results.CheckResult` objects (:func:`result_from_dict`). This module imports nothing
-heavy: the pytest process of an isolated run never imports torch for the checks.
+This module imports nothing heavy.
 """
 
 from __future__ import annotations
@@ -27,29 +19,17 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any
 
-from pytest_mps.suite import Outcome, PipelineSpec, SuiteSettings
-
-if TYPE_CHECKING:
-    from pytest_mps.results import CheckResult
-    from pytest_mps.target import Target
-
-__all__ = [
-    "Death",
-    "IsolatedRunner",
-    "Worker",
-    "WorkerPool",
-    "crash_quote",
-    "python_frames",
-    "result_from_dict",
-]
+__all__ = ["Death", "Worker", "WorkerPool", "crash_quote", "python_frames"]
 
 #: How long a fresh worker may take to import torch and diffusers before it counts as dead.
 STARTUP_TIMEOUT_S = 300.0
+#: The variable that tells a worker its parent's pid (it exits when that process is gone).
+PARENT_VARIABLE = "PYTEST_MPS_PARENT_PID"
 #: The most stderr kept per worker (the most recent bytes are kept).
 STDERR_LIMIT = 8 * 2**20
 
@@ -228,13 +208,17 @@ class _StderrBuffer:
 
 
 def _child_environment(extra: Mapping[str, str] | None) -> dict[str, str]:
-    """The parent's environment, with this copy of pytest_mps first on the path (so the worker runs
-    the same code as the parent even from a checkout) and unbuffered output."""
+    """The parent's environment plus ``extra``, with this copy of pytest_mps first on the path (so the
+    worker runs the same code as the parent even from a checkout; a ``PYTHONPATH`` in ``extra`` comes
+    next), unbuffered output, and the parent's pid (the worker leaves when the parent is gone)."""
     env = dict(os.environ)
-    root = str(Path(__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+    extra = dict(extra or {})
+    root = str(Path(__file__).resolve().parent.parent.parent)
+    paths = (root, extra.pop("PYTHONPATH", ""), env.get("PYTHONPATH", ""))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
     env["PYTHONUNBUFFERED"] = "1"
-    env.update(extra or {})
+    env[PARENT_VARIABLE] = str(os.getpid())
+    env.update(extra)
     return env
 
 
@@ -427,6 +411,8 @@ class WorkerPool:
         self.env = dict(env or {})
         self._spare: Worker | None = None
         self.started = 0
+        #: each worker's latest reference-store counts, by pid
+        self.reference_stats: dict[int, dict[str, Any]] = {}
 
     def _new(self) -> Worker:
         self.started += 1
@@ -451,231 +437,3 @@ class WorkerPool:
         spare, self._spare = self._spare, None
         if spare is not None:
             spare.close(graceful=False)
-
-
-# --- results across the boundary -----------------------------------------------------------------
-
-
-def result_from_dict(data: Mapping[str, Any]) -> CheckResult:
-    """Rebuild a :class:`CheckResult` from :meth:`CheckResult.to_dict` data (without images)."""
-    import math
-
-    from pytest_mps.metrics import Comparison
-    from pytest_mps.results import CheckResult
-    from pytest_mps.tolerances import TOLERANCE_FIELDS, Tolerance
-
-    comparisons = {}
-    for label, m in (data.get("metrics") or {}).items():
-        comparisons[label] = Comparison(
-            max_abs=m["max_abs"],
-            mean_abs=m["mean_abs"],
-            rms_255=m["rms_255"],
-            cosine_distance=m["cosine_distance"],
-            psnr=math.inf if m.get("psnr") is None else m["psnr"],
-            pixel_fraction=m["pixel_fraction"],
-            worst_index=tuple(m["worst_index"]),
-            worst_target=m["worst_target"],
-            worst_reference=m["worst_reference"],
-            shape=tuple(m["shape"]),
-        )
-    tol = data.get("tolerance")
-    tolerance = (
-        Tolerance(
-            **{k: tol[k] for k in TOLERANCE_FIELDS if k in tol and tol[k] is not None},
-            sources=dict(tol.get("sources") or {}),
-        )
-        if tol
-        else None
-    )
-    return CheckResult(
-        check=data["check"],
-        passed=data.get("outcome") == "passed",
-        target=data["target"],
-        real_mps=bool(data.get("real_mps")),
-        pipeline=data.get("pipeline", ""),
-        summary=data.get("summary", ""),
-        failures=list(data.get("failures") or []),
-        comparisons=comparisons,
-        tolerance=tolerance,
-        timings=dict(data.get("timings") or {}),
-        details=dict(data.get("details") or {}),
-        nodeid=data.get("nodeid"),
-    )
-
-
-def outcome_from_dict(data: Mapping[str, Any]) -> Outcome:
-    """Rebuild an :class:`~pytest_mps.suite.Outcome` from a worker's answer."""
-    result = data.get("result")
-    return Outcome(
-        result=result_from_dict(result) if result else None,
-        skip=data.get("skip"),
-        warnings=list(data.get("warnings") or []),
-    )
-
-
-# --- one pipeline's checks -----------------------------------------------------------------------
-
-
-class IsolatedRunner:
-    """Runs one pipeline's checks in a worker process: the worker loads the pipeline once and serves
-    every check until one crashes or hangs; the next check then gets a fresh worker, which loads the
-    pipeline again.
-
-    Args:
-        spec, settings: what to load and how to run.
-        target: the session's target (for labelling crash reports).
-        timeout: seconds each request may take (None: no limit).
-        pool: where workers come from.
-        on_worker: called each time a worker is taken (the plugin uses it to start a spare early).
-    """
-
-    isolated = True
-
-    def __init__(
-        self,
-        spec: PipelineSpec,
-        settings: SuiteSettings,
-        *,
-        target: Target,
-        timeout: float | None,
-        pool: WorkerPool,
-        on_worker: Callable[[], None] | None = None,
-    ) -> None:
-        self.spec = spec
-        self.settings = settings
-        self.target = target
-        self.timeout = timeout
-        self.pool = pool
-        self.on_worker = on_worker
-        self.deaths: list[Death] = []
-        self.workers = 0
-        self._worker: Worker | None = None
-        self._first: Outcome | None = None
-        self._broken: str | None = None
-
-    def _death_outcome(self, name: str, death: Death, nodeid: str | None) -> Outcome:
-        from pytest_mps.results import CheckResult
-
-        lines = death.lines()
-        if name != "load":
-            lines.append("this pipeline's other checks go on in a fresh worker")
-        lines.append("the worker's full stderr is attached to this test's report (worker stderr)")
-        result = CheckResult(
-            check=name,
-            passed=False,
-            target=self.target.label,
-            real_mps=self.target.is_real_mps,
-            pipeline=self.spec.label,
-            summary=lines[0],
-            failures=lines[1:] if len(lines) > 1 else [],
-            details={
-                "suite_check": name,
-                "death": {
-                    "kind": death.kind,
-                    "signal": death.signal,
-                    "returncode": death.returncode,
-                    "pid": death.pid,
-                    "seconds": round(death.seconds, 3),
-                    "timeout": death.timeout,
-                    "quote": death.quote,
-                    "frames": python_frames(death.stderr),
-                    "cell": death.cell(),
-                },
-            },
-            timings={name: death.seconds},
-            nodeid=nodeid,
-        )
-        return Outcome(result, stderr=death.stderr)
-
-    def _start(self, nodeid: str | None) -> Outcome:
-        worker = self.pool.take()
-        self.workers += 1
-        if self.on_worker is not None:
-            self.on_worker()
-        if self.deaths:  # a pipeline that crashed a worker may crash the next: have a spare ready
-            self.pool.prewarm()
-        mark = worker.stderr_mark()
-        payload = {
-            "op": "load",
-            "spec": self.spec.to_dict(),
-            "settings": self.settings.to_dict(),
-            "nodeid": nodeid,
-        }
-        got = worker.request(payload, timeout=self.timeout, doing="load")
-        if isinstance(got, Death):
-            self.deaths.append(got)
-            worker.close(graceful=False)
-            return self._death_outcome("load", got, nodeid)
-        outcome = self._answer(got, "load", nodeid)
-        outcome.stderr = worker.stderr_since(mark)
-        if outcome.passed:
-            self._worker = worker
-        else:
-            worker.close()
-        return outcome
-
-    def _answer(self, got: Mapping[str, Any], name: str, nodeid: str | None) -> Outcome:
-        if "outcome" in got:
-            return outcome_from_dict(got["outcome"])
-        from pytest_mps.results import CheckResult
-
-        error = str(got.get("error", got))
-        last = _last_line(error) or "unknown error"
-        result = CheckResult(
-            check=name,
-            passed=False,
-            target=self.target.label,
-            real_mps=self.target.is_real_mps,
-            pipeline=self.spec.label,
-            summary=f"the worker could not run {name}: {last}",
-            details={"suite_check": name, "traceback": error},
-            nodeid=nodeid,
-        )
-        return Outcome(result)
-
-    def load(self, nodeid: str | None = None) -> Outcome:
-        """Start a worker and load the pipeline in it, on the first call; later calls return the
-        first load's outcome."""
-        if self._first is None:
-            self._first = self._start(nodeid)
-        return self._first
-
-    def check(self, name: str, nodeid: str | None = None) -> Outcome:
-        """Run check ``name`` in the worker (a fresh one after a crash)."""
-        first = self.load()
-        if not first.passed:
-            return Outcome(
-                skip=f"{self.spec.label} did not load: {first.result.summary if first.result else ''}"
-            )
-        if self._broken:
-            return Outcome(skip=self._broken)
-        if self._worker is None or not self._worker.alive:
-            again = self._start(nodeid)
-            if not again.passed:
-                why = again.result.summary if again.result else "?"
-                self._broken = f"after a crash, a fresh worker could not load {self.spec.label} again: {why}"
-                if again.result is not None:
-                    again.result.check = name
-                    again.result.details["suite_check"] = name
-                    again.result.failures.insert(0, self._broken)
-                return again
-        worker = self._worker
-        assert worker is not None
-        mark = worker.stderr_mark()
-        got = worker.request(
-            {"op": "check", "name": name, "nodeid": nodeid}, timeout=self.timeout, doing=name
-        )
-        if isinstance(got, Death):
-            self.deaths.append(got)
-            self._worker = None
-            worker.close(graceful=False)
-            return self._death_outcome(name, got, nodeid)
-        outcome = self._answer(got, name, nodeid)
-        outcome.stderr = worker.stderr_since(mark)
-        return outcome
-
-    def close(self) -> None:
-        """Stop the worker."""
-        worker, self._worker = self._worker, None
-        if worker is not None:
-            worker.close()

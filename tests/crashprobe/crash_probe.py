@@ -1,8 +1,10 @@
-"""Deliberate worker crashes, for pytest-mps's own tests of crash isolation.
+"""Deliberate worker crashes, for pytest-mps's own tests of crash isolation (test code: it is not part of
+the installed package).
 
-A worker process (``pytest_mps.worker``, never the pytest process) calls :func:`maybe_crash` before
-each request. It does something only when the environment variable ``PYTEST_MPS_CRASH_PROBE`` names
-that request, as ``POINT=KIND[,POINT=KIND...]``: ``POINT`` is ``load`` or a check name, ``KIND`` is
+A worker process (``pytest_mps.worker``, never the pytest process) started with this folder on its
+``PYTHONPATH`` loads ``sitecustomize.py``, which makes it call :func:`maybe_crash` before each request.
+It does something only when the environment variable ``PYTEST_MPS_CRASH_PROBE`` names that request, as
+``POINT=KIND[,POINT=KIND...]``: ``POINT`` is ``load`` or a check name, ``KIND`` is
 
 - ``abort``: print a Metal-style failed assertion to stderr, then ``os.abort()`` (SIGABRT), as MPS
   does when a buffer reaches 2**32 bytes;
@@ -12,7 +14,7 @@ that request, as ``POINT=KIND[,POINT=KIND...]``: ``POINT`` is ``load`` or a chec
 - ``noise``: write junk to stdout (Python's and file descriptor 1), then carry on: the answers must
   still arrive intact.
 
-The variable is set by nothing but these tests; unset (normal use), :func:`maybe_crash` returns at once.
+The variable is set by nothing but these tests.
 """
 
 from __future__ import annotations
@@ -22,9 +24,11 @@ import sys
 import time
 from collections.abc import Mapping
 
-__all__ = ["ENV_VARIABLE", "KINDS", "maybe_crash", "planned"]
+__all__ = ["ENV_VARIABLE", "FOLDER", "KINDS", "maybe_crash", "planned"]
 
 ENV_VARIABLE = "PYTEST_MPS_CRASH_PROBE"
+#: The folder to put on a worker's PYTHONPATH so that it obeys the variable.
+FOLDER = os.path.dirname(os.path.abspath(__file__))
 
 #: The assertion a real Metal abort prints (PyTorch issues #84039, #90981), reproduced for the tests.
 METAL_ASSERTION = (

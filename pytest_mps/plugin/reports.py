@@ -1,0 +1,218 @@
+"""Collecting the run's results and writing the reports (``--mps-report-json PATH``,
+``--mps-report-md PATH``, ``--mps-report-html DIR`` and their ini keys), once, at the end, by the
+controller. Results are read from test reports' ``user_properties`` (serial runs and pytest-xdist
+workers alike), in collection order, so a ``-n N`` run gives the same report as a serial one."""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import pytest
+
+from pytest_mps.plugin.session import session_of
+from pytest_mps.reports.collect import ResultCollector
+
+__all__ = ["RunFacts", "collector_of", "facts_of"]
+
+
+@dataclass
+class RunFacts:
+    """What the run's end needs to know: the results as they arrived, and whether the whole suite ran."""
+
+    collector: ResultCollector = field(default_factory=ResultCollector)
+    started: float = field(default_factory=time.time)
+    deselected: int = 0
+    collection_errors: int = 0
+    messages: list[str] = field(default_factory=list)
+
+
+_FACTS_KEY = pytest.StashKey[RunFacts]()
+
+
+def facts_of(config: pytest.Config) -> RunFacts:
+    """The run's :class:`RunFacts`."""
+    return config.stash[_FACTS_KEY]
+
+
+def collector_of(config: pytest.Config) -> ResultCollector:
+    """The run's result collector."""
+    return facts_of(config).collector
+
+
+def install(config: pytest.Config) -> None:
+    """Start collecting for this run."""
+    config.stash[_FACTS_KEY] = RunFacts()
+    config.pluginmanager.register(CollectingHooks(config), "pytest-mps-collecting")
+
+
+class CollectingHooks:
+    """The hooks that gather the run's results and facts, bound to one run's config (some hooks get
+    none)."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.facts = facts_of(config)
+
+    def pytest_deselected(self, items: list[pytest.Item]) -> None:
+        self.facts.deselected += len(items)
+
+    def pytest_collectreport(self, report: pytest.CollectReport) -> None:
+        if report.failed:
+            self.facts.collection_errors += 1
+
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        self.facts.collector.set_order([item.nodeid for item in session.items])
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        self.facts.collector.add_report(report)
+
+
+def whole_suite(config: pytest.Config, session: pytest.Session, exitstatus: int) -> str:
+    """Why this run does not cover the whole suite ("" when it does)."""
+    from pytest_mps.plugin.xdist import xdist_hooks
+
+    facts = facts_of(config)
+    hooks = xdist_hooks(config)
+    outputs = hooks.worker_outputs if hooks is not None else []
+    deselected = facts.deselected + sum(o.get("deselected", 0) for o in outputs)
+    if deselected:
+        return f"{deselected} tests deselected"
+    if facts.collection_errors:
+        return "collection errors"
+    if session.shouldfail or session.shouldstop or int(exitstatus) not in (0, 1):
+        return "the run stopped early"
+    not_run = facts.collector.not_run()
+    if not_run:
+        return f"{len(not_run)} collected tests did not run"
+    if config.getoption("lf", False):
+        return "--lf"
+    if config.args_source == pytest.Config.ArgsSource.ARGS:
+        testpaths = [str(p) for p in config.getini("testpaths") or []]
+        if not testpaths or sorted(config.args) != sorted(testpaths):
+            return "tests were named on the command line"
+    return ""
+
+
+def _worker_field(config: pytest.Config, name: str) -> Any:
+    from pytest_mps.plugin.xdist import xdist_hooks
+
+    hooks = xdist_hooks(config)
+    for output in hooks.worker_outputs if hooks is not None else []:
+        if output.get(name):
+            return output[name]
+    return None
+
+
+def _environment(config: pytest.Config) -> dict[str, Any]:
+    session = session_of(config)
+    from_worker = _worker_field(config, "environment")
+    if from_worker:
+        return dict(from_worker)
+    env = session.environment if "torch" in sys.modules else session.cheap_environment()
+    return env.to_dict()
+
+
+def _target(config: pytest.Config, checks: list[dict[str, Any]]) -> dict[str, Any]:
+    session = session_of(config)
+    from_worker = _worker_field(config, "target")
+    if from_worker:
+        return dict(from_worker)
+    target = session.target_if_cheap()
+    if target is not None:
+        return {"label": target.label, "real_mps": target.is_real_mps}
+    if checks:
+        return {"label": str(checks[0].get("target")), "real_mps": bool(checks[0].get("real_mps"))}
+    return {"label": f"{session.requested} (not resolved: no check ran)", "real_mps": False}
+
+
+def write_reports(config: pytest.Config, exitstatus: int) -> None:
+    """Write the reports the settings ask for, from every result of the run."""
+    from pytest_mps.plugin.references import reference_summary
+    from pytest_mps.plugin.xdist import xdist_hooks
+    from pytest_mps.reports.collect import image_key
+    from pytest_mps.reports.html import place_images, write_html
+    from pytest_mps.reports.json_report import write_json
+    from pytest_mps.reports.markdown import write_markdown
+    from pytest_mps.reports.model import build_report
+
+    settings = session_of(config).settings
+    if not (settings.report_json or settings.report_md or settings.report_html):
+        return
+    facts = facts_of(config)
+    checks, images = [], {}
+    for index, (nodeid, ordinal, data) in enumerate(facts.collector.records()):
+        checks.append({**data, "source": 0, "images": None})
+        encoded = facts.collector.images.get(image_key(nodeid, ordinal))
+        if encoded is not None:
+            images[index] = encoded
+    hooks = xdist_hooks(config)
+    source = {
+        "name": "session",
+        "created": datetime.fromtimestamp(facts.started, timezone.utc).isoformat(timespec="seconds"),
+        "duration": round(time.time() - facts.started, 3),
+        "exitstatus": int(exitstatus),
+        "target": _target(config, checks),
+        "environment": _environment(config),
+        "xdist_workers": hooks.workers if hooks is not None else 0,
+        "references": reference_summary(config),
+    }
+    report = build_report(checks, [source])
+    html_dir = settings.report_html
+    if html_dir is not None:
+        place_images(report, html_dir, images)
+        facts.messages.append(f"HTML report: {write_html(report, html_dir)}")
+    if settings.report_json is not None:
+        facts.messages.append(
+            f"JSON report: {write_json(report, settings.report_json, images_root=html_dir)}"
+        )
+    if settings.report_md is not None:
+        facts.messages.append(f"Markdown report: {write_markdown(report, settings.report_md)}")
+
+
+def send_to_controller(config: pytest.Config) -> None:
+    """In a pytest-xdist worker: what the controller needs besides the test reports."""
+    from pytest_mps.plugin.references import reference_setup
+    from pytest_mps.plugin.xdist import WORKER_KEY
+    from pytest_mps.reports.collect import image_sets
+
+    session = session_of(config)
+    store = reference_setup(config).store
+    output: dict[str, Any] = {
+        "deselected": facts_of(config).deselected,
+        "references": store.stats() if store is not None else None,
+        "images": image_sets(session.results) if session.settings.report_html is not None else {},
+    }
+    if session.results:
+        output["environment"] = session.environment.to_dict()
+        output["target"] = {"label": session.target.label, "real_mps": session.target.is_real_mps}
+    config.workeroutput[WORKER_KEY] = output  # type: ignore[attr-defined]
+
+
+def finish(config: pytest.Config, session: pytest.Session, exitstatus: int) -> None:
+    """The end of the run: a worker sends its part to the controller; the controller (or a serial run)
+    lists unused references and writes the reports."""
+    from pytest_mps.plugin.references import find_unused, reference_setup
+    from pytest_mps.plugin.xdist import is_worker, xdist_hooks
+    from pytest_mps.reports.atomic import remove_stale_temporaries
+    from pytest_mps.reports.collect import image_sets
+
+    if is_worker(config):
+        send_to_controller(config)
+        return
+    from pytest_mps.plugin.suite import worker_reference_stats
+
+    setup = reference_setup(config)
+    hooks = xdist_hooks(config)
+    setup.worker_stats = worker_reference_stats(config)
+    if hooks is not None:
+        setup.worker_stats += [o["references"] for o in hooks.worker_outputs if o.get("references")]
+    if setup.mode == "folder" and setup.folder is not None:
+        remove_stale_temporaries(setup.folder)
+        find_unused(config, whole_suite(config, session, exitstatus))
+    mps = session_of(config)
+    if mps.results and mps.settings.report_html is not None:
+        facts_of(config).collector.images.update(image_sets(mps.results))
+    write_reports(config, exitstatus)

@@ -1,0 +1,173 @@
+"""The plugin's per-run state, :class:`MPSSession`: the settings, the target (resolved on first need),
+the environment, the emulated device, the session's pipelines and CPU references, and the results the
+checks recorded. It lives in ``config.stash``; nothing is kept in module globals."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from pytest_mps.environment import MPSEnvironment, detect_environment
+from pytest_mps.options import Settings
+from pytest_mps.target import Target, TargetError, resolve_target
+
+if TYPE_CHECKING:
+    from pytest_mps.pipelines import PipelineCache
+    from pytest_mps.references import ReferenceCache
+    from pytest_mps.results import CheckResult
+
+__all__ = ["SESSION_KEY", "MPSSession", "session_of"]
+
+#: The user property that carries one check's result as JSON in a test report.
+RESULT_PROPERTY = "pytest_mps_result"
+
+
+class MPSSession:
+    """One pytest run's pytest-mps state (see the module docstring)."""
+
+    def __init__(self, config: pytest.Config, settings: Settings) -> None:
+        self.config = config
+        self.settings = settings
+        self.requested = self._requested(settings)
+        self._target: Target | None = None
+        self._environment: MPSEnvironment | None = None
+        self.results: list[CheckResult] = []
+        self._pipelines: PipelineCache | None = None
+        self._references: ReferenceCache | None = None
+        self._emulation: Any = None
+
+    @staticmethod
+    def _requested(settings: Settings) -> str:
+        """The target asked for. Naming pipelines for the bundled suite on the command line with no
+        target in mind picks the suite's default (mps, else emulated, else cpu) instead of ``auto``,
+        which would skip every check where there is no MPS; pipelines from ini alone leave a project's
+        target as it is."""
+        if (
+            settings.sources.get("pipelines") == "command line"
+            and settings.sources.get("device") == "default"
+        ):
+            from pytest_mps.suite.settings import default_target_name
+
+            return default_target_name()
+        return settings.device
+
+    def validate(self) -> None:
+        """Resolve an explicit target now, so an unusable one is a usage error rather than a failure
+        deep inside a test (``auto`` and ``cpu`` are resolved on first need: no torch at start-up)."""
+        if self.requested not in ("auto", "cpu"):
+            try:
+                self.target  # noqa: B018 - resolving is the point: it raises TargetError early
+            except TargetError as exc:
+                raise pytest.UsageError(str(exc)) from None
+
+    # --- the target and the environment -----------------------------------------------------------
+
+    @property
+    def environment(self) -> MPSEnvironment:
+        """The full environment (imports torch on macOS to ask MPS)."""
+        if self._environment is None or not self._environment.probed:
+            self._environment = detect_environment(probe_torch=True)
+        return self._environment
+
+    def cheap_environment(self) -> MPSEnvironment:
+        """The environment without importing torch (for the header)."""
+        return self._environment or detect_environment()
+
+    @property
+    def target(self) -> Target:
+        """The resolved target (``auto`` is resolved here, on first need)."""
+        if self._target is None:
+            self._target = resolve_target(self.requested, environment=lambda: self.environment)
+        return self._target
+
+    def target_if_cheap(self) -> Target | None:
+        """The target, unless resolving it now would import torch for nothing but the header."""
+        if self._target is not None:
+            return self._target
+        if self.requested == "cpu" or self.cheap_environment().probed:
+            return self.target
+        return None
+
+    # --- the emulated device ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Enter the emulated device when it is the target: emulated tensors must never meet torch's
+        C++ kernels outside it, so it spans the whole session."""
+        if self._target is not None and self._target.name == "emulated" and self._emulation is None:
+            from pytest_mps.emulated_target import start_emulation
+
+            self._emulation = start_emulation()
+
+    @property
+    def emulation(self) -> Any:
+        """The session's active ``EmulatedMPS``, or None."""
+        return self._emulation
+
+    def emulation_notes(self) -> list[str]:
+        """Warnings and CPU fallbacks the emulated device recorded (they do not raise on a Mac
+        either, but cost speed or portability), one line each, repeats folded."""
+        if self._emulation is None:
+            return []
+        lines: dict[str, int] = {}
+        for finding in self._emulation.findings:
+            if finding.severity in ("warning", "fallback"):
+                where = " in ".join(p for p in (finding.module, finding.source) if p) or "unknown location"
+                line = f"{finding.severity}: {finding.kind} {finding.op} at {where}"
+                lines[line] = lines.get(line, 0) + getattr(finding, "count", 1)
+        return [f"{line} (x{count})" if count > 1 else line for line, count in lines.items()]
+
+    def stop(self) -> None:
+        """Drop cached pipelines and leave the emulated device, restoring torch as it was."""
+        if self._pipelines is not None:
+            self._pipelines.clear()
+        if self._emulation is not None:
+            emulation, self._emulation = self._emulation, None
+            emulation.__exit__(None, None, None)
+
+    # --- what the checks share --------------------------------------------------------------------
+
+    @property
+    def pipelines(self) -> PipelineCache:
+        """Pipelines loaded by ``mps_pipeline``, shared across the session."""
+        if self._pipelines is None:
+            from pytest_mps.pipelines import PipelineCache
+
+            self._pipelines = PipelineCache()
+        return self._pipelines
+
+    @property
+    def references(self) -> ReferenceCache:
+        """CPU references shared by the session's checks."""
+        if self._references is None:
+            from pytest_mps.references import ReferenceCache
+
+            self._references = ReferenceCache()
+        return self._references
+
+    def record(self, item: pytest.Item | None, result: CheckResult) -> None:
+        """Keep a check's result (for the images of the HTML report), put it in the test's report
+        properties (the tables, reports, JUnit XML and pytest-xdist read it there) and announce it
+        (``pytest_mps_result_recorded``)."""
+        import json
+
+        self.results.append(result)
+        if item is not None:
+            data = result.to_dict()
+            prefix = f"mps:{result.check}"
+            item.user_properties.append((f"{prefix}:outcome", result.status.value))
+            item.user_properties.append((f"{prefix}:target", result.target))
+            for label, comparison in result.comparisons.items():
+                tag = label.replace(" ", "_")
+                item.user_properties.append((f"{prefix}:{tag}:max_abs", comparison.max_abs))
+                item.user_properties.append((f"{prefix}:{tag}:cosine_distance", comparison.cosine_distance))
+            item.user_properties.append((RESULT_PROPERTY, json.dumps(data)))
+        self.config.hook.pytest_mps_result_recorded(config=self.config, item=item, result=result)
+
+
+SESSION_KEY = pytest.StashKey[MPSSession]()
+
+
+def session_of(config: pytest.Config) -> MPSSession:
+    """The :class:`MPSSession` of a pytest run (for pytest-mps's modules and conftest files)."""
+    return config.stash[SESSION_KEY]
