@@ -286,4 +286,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     print(describe_written(written))
     return 0
-

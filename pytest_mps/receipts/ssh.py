@@ -136,7 +136,7 @@ def verify_bytes(data: bytes, signature: Path, allowed: Path, namespace: str) ->
         for name in line.split(",")
         if name.strip()
     ]
-    last = "no principal"
+    last, namespace_mismatch = "no principal", False
     for principal in principals:
         code, output = _run(
             ["-Y", "verify", "-f", str(allowed), "-I", principal, "-n", namespace, "-s", str(signature)],
@@ -146,8 +146,9 @@ def verify_bytes(data: bytes, signature: Path, allowed: Path, namespace: str) ->
             found = re.search(r"with (\S+ key \S+)", output)
             return Signer(principal=principal, key=found.group(1) if found else "")
         last = _last_line(output)
-    if "namespace" in last:
-        raise SSHRefusal(f"the signature is not for namespace {namespace!r} ({last})")
+        namespace_mismatch |= "namespace does not match" in output
+    if namespace_mismatch:
+        raise SSHRefusal(f"the signature is not for namespace {namespace!r}; sign with -n {namespace}")
     raise SSHRefusal(
         f"the signature does not match the receipt's bytes: it was changed after signing ({last})"
     )

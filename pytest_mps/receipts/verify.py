@@ -302,4 +302,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.status
     print(f"{_PROG}: verified: {verified.summary()}")
     return 0
-
