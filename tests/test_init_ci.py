@@ -69,6 +69,7 @@ def test_generated_workflows_validate_against_githubs_schema(tmp_path: Path) -> 
         "pytest.yml": render_workflow(),
         "both.yml": render_workflow(pipelines=["my pipes/tiny ddpm", "fixtures/tiny-sd"], python="3.10"),
         "self-hosted.yml": render_workflow(pipelines=["p"], pytest=False, runner="self-hosted", lfs=True),
+        "receipt.yml": render_workflow(pipelines=["p q"], receipt="mps receipt.json"),
     }
     for name, text in variants.items():
         (tmp_path / name).write_text(text, encoding="utf-8")
@@ -239,3 +240,21 @@ def test_bad_input_is_one_line_and_status_2(
 def test_help(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run_main(capsys, "--help")
     assert code == 0 and "--pipelines PATH" in out and ci_workflow.DEFAULT_OUTPUT in out
+
+
+def test_receipt_mode_verifies_a_receipt_instead_of_running_on_a_mac(
+    repo: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = run_main(capsys, "--pipelines", "my pipes/tiny ddpm", "--receipt", "mps-receipt.json")
+    assert code == 0 and "a job that verifies mps-receipt.json against .github/allowed_signers" in out
+    wf = load(repo / WORKFLOW)
+    assert set(wf["jobs"]) == {"precheck", "receipt"}
+    job = wf["jobs"]["receipt"]
+    assert job["runs-on"] == "ubuntu-latest"
+    assert "--no-deps pytest-mps" in step(job, "pip install")["run"]
+    command = step(job, "verify-receipt")["run"]
+    assert "pytest-mps verify-receipt mps-receipt.json" in command
+    assert "--allowed-signers .github/allowed_signers" in command
+    assert not any("mps-cpu-references" in json.dumps(s) for s in wf["jobs"]["precheck"]["steps"])
+    code, _, err = run_main(capsys, "--force", "--receipt", "/tmp/r.json")
+    assert code == 2 and "--receipt /tmp/r.json: give a path inside the repository" in err

@@ -7,15 +7,20 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import pytest
+from ruamel.yaml import YAML
 
+import pytest_mps
+from pytest_mps.ci_workflow import render_workflow
 from pytest_mps.receipts import (
     NAMESPACE,
     ReceiptError,
@@ -558,3 +563,48 @@ def test_write_receipt_refuses_an_invalid_report_and_a_missing_key(
     monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(project.root / "none"))
     with pytest.raises(ReceiptError, match="no SSH key to sign with: pass --receipt-key"):
         write_receipt(make_report(), project.receipt, source=project.root, environment=MAC_SIGNER)
+
+
+def test_the_generated_receipt_job_verifies_with_the_standard_library_alone(
+    project: Project, keys: Keys, tmp_path: Path
+) -> None:
+    """The receipt job of ``pytest-mps init-ci --receipt``, run as written in a checkout that holds a
+    committed receipt, with Python's site-packages off (``-S``): verifying needs no torch, no numpy."""
+    inside = shutil.copytree(project.pipeline, project.root / "fixtures" / "tiny-ddpm")
+    allowed = project.root / ".github" / "allowed_signers"
+    allowed.parent.mkdir()
+    shutil.copy(keys.allowed, allowed)
+    sign(project, keys.alice, pipelines=[inside])
+    git(project.root, "add", "-A")
+    git(project.root, "commit", "-q", "-m", "receipt")
+    workflow = YAML(typ="safe").load(
+        render_workflow(pipelines=["fixtures/tiny-ddpm"], receipt="mps-receipt.json")
+    )
+    (command,) = [
+        s["run"] for s in workflow["jobs"]["receipt"]["steps"] if "verify-receipt" in s.get("run", "")
+    ]
+    # Until the command line dispatches verify-receipt, a stand-in `pytest-mps` on PATH calls its main.
+    shim = tmp_path / "bin" / "pytest-mps"
+    shim.parent.mkdir()
+    package_root = Path(pytest_mps.__file__).resolve().parent.parent
+    (tmp_path / "bin" / "verify.py").write_text(
+        f"import sys\nsys.path.insert(0, {str(package_root)!r})\n"
+        "from pytest_mps.receipts.verify import main\nsys.exit(main(sys.argv[1:]))\n"
+    )
+    shim.write_text(
+        f'#!/bin/sh\n[ "$1" = verify-receipt ] || exit 64\nshift\n'
+        f'exec {sys.executable} -S {shim.parent}/verify.py "$@"\n'
+    )
+    shim.chmod(0o755)
+    env = {"PATH": f"{shim.parent}{os.pathsep}{os.environ['PATH']}", "HOME": str(tmp_path)}
+    done = subprocess.run(
+        ["bash", "-e", "-c", command], cwd=project.root, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"{PROG}: verified: mps-receipt.json: signed by alice@example.com")
+    (project.root / "src" / "model.py").write_text("SCALE = 5.0\n")
+    git(project.root, "commit", "-q", "-am", "change after the receipt")
+    done = subprocess.run(
+        ["bash", "-e", "-c", command], cwd=project.root, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 1 and "src/model.py changed" in done.stderr
