@@ -69,7 +69,7 @@ def test_generated_workflows_validate_against_githubs_schema(tmp_path: Path) -> 
         "pytest.yml": render_workflow(),
         "both.yml": render_workflow(pipelines=["my pipes/tiny ddpm", "fixtures/tiny-sd"], python="3.10"),
         "self-hosted.yml": render_workflow(pipelines=["p"], pytest=False, runner="self-hosted", lfs=True),
-        "receipt.yml": render_workflow(pipelines=["p q"], receipt="mps receipt.json"),
+        "receipt.yml": render_workflow(pipelines=["p q"], receipt="mps receipt.json", lfs=True),
     }
     for name, text in variants.items():
         (tmp_path / name).write_text(text, encoding="utf-8")
@@ -252,6 +252,11 @@ def test_receipt_mode_verifies_a_receipt_instead_of_running_on_a_mac(
     job = wf["jobs"]["receipt"]
     assert job["runs-on"] == "ubuntu-latest"
     assert "--no-deps pytest-mps" in step(job, "pip install")["run"]
+    # The signed code is the pull request's head, not GitHub's merge commit.
+    assert (
+        step(job, "actions/checkout")["with"]["ref"]
+        == "${{ github.event.pull_request.head.sha || github.sha }}"
+    )
     command = step(job, "verify-receipt")["run"]
     assert "pytest-mps verify-receipt mps-receipt.json" in command
     assert "--allowed-signers .github/allowed_signers" in command
