@@ -1,0 +1,326 @@
+"""The module search inside one call: which submodule introduces the error.
+
+A call is examined by replaying its module on the target with the reference's inputs to it and
+comparing the output with the reference's: error inherited from upstream does not count. A call that
+differs (or draws random numbers) is expanded: its module runs once more on the reference side with
+the same inputs and RNG state, with hooks that capture the inputs and outputs of its outermost
+submodule calls (containers first: ``down_blocks.0`` before ``down_blocks.0.resnets.0``); each is
+examined in turn, and the search descends into those that differ, in execution order. A call whose
+submodules all agree introduced the error itself.
+
+Memory stays bounded: only one call's submodule captures are held (up to ``capture_bytes``; beyond
+it the call is rerun for the rest), and each capture is dropped once examined, unless it is to be
+expanded. Cost stays bounded by ``max_expansions``, ``max_depth`` and an optional deadline.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+from pytest_mps.localization.records import ModuleError
+from pytest_mps.localization.tensors import copy_off_device, difference, nbytes, onto, tensors_in
+
+if TYPE_CHECKING:
+    import torch
+
+    from pytest_mps.localization.sides import Side
+
+__all__ = ["Call", "Limits", "Search"]
+
+
+@dataclass
+class Call:
+    """One call of a module, as the reference made it (tensors on the CPU)."""
+
+    path: str  # relative to the searched root ("" for the root)
+    args: Any
+    kwargs: Any
+    outputs: list[Any] | None
+    rng: Any  # the CPU RNG state before the call
+    drew: bool = False
+    dtypes: list[Any] | None = None  # the target's input dtypes, where known (the root call)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """How far a search may go."""
+
+    max_expansions: int = 24
+    max_depth: int = 12
+    capture_bytes: int = 1 << 30
+    deadline: float | None = None  # a time.perf_counter() value
+
+
+@dataclass
+class _Found:
+    culprits: list[ModuleError] = field(default_factory=list)
+    chain: list[ModuleError] = field(default_factory=list)
+    examined: int = 0
+    expansions: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+def _join(root: str, path: str) -> str:
+    return f"{root}.{path}" if root and path else root or path
+
+
+def _fork_rng(side: Side) -> contextlib.AbstractContextManager[Any]:
+    """Fork the CPU RNG and, on a real device, the device's (the emulation draws the CPU's numbers)."""
+    import torch
+
+    kind = side.target.name
+    if kind in ("cuda", "xpu", "mps"):
+        try:
+            index = side.target_device.index or 0
+            return torch.random.fork_rng(devices=[index], device_type=kind)
+        except Exception:  # an older torch without device_type
+            pass
+    return torch.random.fork_rng(devices=[])
+
+
+class Search:
+    """A search below one top-level call (``root_path``: ``unet``, ``vae.decoder``...)."""
+
+    def __init__(
+        self,
+        side: Side,
+        reference_root: torch.nn.Module,
+        target_root: torch.nn.Module,
+        root_path: str,
+        *,
+        rtol: float,
+        atol: float,
+        limits: Limits,
+    ) -> None:
+        self.side = side
+        self.reference_root = reference_root
+        self.target_root = target_root
+        self.root_path = root_path
+        self.rtol, self.atol = rtol, atol
+        self.limits = limits
+        self.found = _Found()
+        self._stack: list[ModuleError] = []
+        self._gradual = False
+
+    # --- examine: replay one call on the target ------------------------------------------------------
+    def examine(self, call: Call, depth: int) -> ModuleError:
+        """The error ``call``'s module introduces on the target (its replay given the reference's inputs)."""
+
+        module = self.target_root.get_submodule(call.path) if call.path else self.target_root
+        path = _join(self.root_path, call.path)
+        self.found.examined += 1
+        note = ""
+        try:
+            outputs = self._replay(module, call, self.side.cast)
+        except Exception as exc:
+            if self.side.cast is None:
+                return ModuleError(
+                    path,
+                    type(module).__name__,
+                    0.0,
+                    0.0,
+                    0.0,
+                    depth=depth,
+                    draws_random=call.drew,
+                    note=f"replay raised {type(exc).__name__}: {_first(exc)}",
+                )
+            try:  # a module that takes some inputs in float32 even in a float16 pipeline
+                outputs = self._replay(module, call, None)
+                note = f"inputs kept as captured (with float16 inputs the replay raised {type(exc).__name__})"
+            except Exception as again:
+                return ModuleError(
+                    path,
+                    type(module).__name__,
+                    0.0,
+                    0.0,
+                    0.0,
+                    depth=depth,
+                    draws_random=call.drew,
+                    note=f"replay raised {type(again).__name__}: {_first(again)}",
+                )
+        assert call.outputs is not None
+        diff = difference(outputs, call.outputs, rtol=self.rtol, atol=self.atol)
+        del outputs
+        return ModuleError(
+            path=path,
+            module_class=type(module).__name__,
+            max_abs=diff.max_abs,
+            relative=diff.relative,
+            ratio=diff.ratio,
+            shape=diff.shape,
+            dtype=diff.dtype,
+            nonfinite=diff.nonfinite,
+            draws_random=call.drew,
+            depth=depth,
+            note=diff.problem or note,
+        )
+
+    def _replay(self, module: torch.nn.Module, call: Call, cast: Any) -> list[Any]:
+        import torch
+
+        device = self.side.target_device
+        args, kwargs = onto((call.args, call.kwargs), device, cast, dtypes=call.dtypes if cast else None)
+        with self.side.on_target(), _fork_rng(self.side), torch.inference_mode():
+            torch.set_rng_state(call.rng)
+            output = module(*args, **kwargs)
+            return copy_off_device(tensors_in(output))
+
+    # --- expand: the outermost submodule calls of one call -------------------------------------------
+    def calls_below(self, call: Call, start: int = 0) -> tuple[list[Call], int | None]:
+        """Rerun ``call`` on the reference side, capturing its outermost submodule calls from the
+        ``start``-th on, until ``capture_bytes``; also returns where to resume (None when done)."""
+        import torch
+
+        module = self.reference_root.get_submodule(call.path) if call.path else self.reference_root
+        names = {sub: name for name, sub in module.named_modules() if name}
+        captured: list[Call] = []
+        state: dict[str, Any] = {"depth": 0, "order": 0, "bytes": 0, "resume": None, "pending": None}
+
+        def pre(sub: Any, args: Any, kwargs: Any) -> None:
+            if state["depth"] == 0:
+                order = state["order"]
+                state["order"] += 1
+                if order >= start and state["resume"] is None:
+                    if captured and state["bytes"] >= self.limits.capture_bytes:
+                        state["resume"] = order
+                    else:
+                        rel = _join(call.path, names[sub])
+                        args_copy, kwargs_copy = copy_off_device((args, kwargs))
+                        state["pending"] = Call(rel, args_copy, kwargs_copy, None, torch.get_rng_state())
+            state["depth"] += 1
+
+        def post(sub: Any, args: Any, kwargs: Any, output: Any) -> None:
+            state["depth"] -= 1
+            pending = state["pending"]
+            if state["depth"] == 0 and pending is not None:
+                state["pending"] = None
+                pending.outputs = copy_off_device(tensors_in(output))
+                pending.drew = not torch.equal(pending.rng, torch.get_rng_state())
+                state["bytes"] += nbytes((pending.args, pending.kwargs, pending.outputs))
+                captured.append(pending)
+
+        handles = []
+        try:
+            for sub in names:
+                handles.append(sub.register_forward_pre_hook(pre, with_kwargs=True, prepend=True))
+                handles.append(sub.register_forward_hook(post, with_kwargs=True))
+            args, kwargs = onto((call.args, call.kwargs), self.side.reference_device)
+            with self.side.reference(), _fork_rng(self.side), torch.inference_mode():
+                torch.set_rng_state(call.rng)
+                module(*args, **kwargs)
+        finally:
+            for handle in handles:
+                handle.remove()
+        return captured, state["resume"]
+
+    # --- the search ----------------------------------------------------------------------------------
+    def run(self, root: Call, *, gradual: bool = False) -> _Found:
+        """Search below ``root``. ``gradual``: no call exceeds the threshold, so follow the largest
+        local error instead."""
+        self._gradual = gradual
+        figure = self.examine(root, 0)
+        if self._suspect(figure) or gradual:
+            self._visit(root, figure, 0)
+        else:
+            self.found.chain = [figure]
+        return self.found
+
+    def _suspect(self, figure: ModuleError) -> bool:
+        return figure.differs or figure.draws_random
+
+    def _limit(self, depth: int) -> str:
+        if depth >= self.limits.max_depth:
+            return f"max_depth {self.limits.max_depth}"
+        if self.found.expansions >= self.limits.max_expansions:
+            return f"max_expansions {self.limits.max_expansions}"
+        if self.limits.deadline is not None and time.perf_counter() > self.limits.deadline:
+            return "the time budget"
+        return ""
+
+    def _visit(self, call: Call, figure: ModuleError, depth: int) -> None:
+        with self._pushed(figure):
+            limit = self._limit(depth)
+            if limit:
+                self._culprit(figure, f"not searched further: {limit} reached")
+                if limit not in " ".join(self.found.notes):
+                    self.found.notes.append(f"the search stopped at {limit}: submodules not all examined")
+                return
+            self.found.expansions += 1
+            children = self._examine_below(call, depth)
+            if not children:
+                self._culprit(figure, "")
+                return
+            merged = _merge(children)
+            firsts = _first_calls(children)
+            suspects = [c for c in firsts if self._suspect(merged[c.path])]
+            if not suspects and self._gradual:
+                best = max(firsts, key=lambda c: merged[c.path].relative)
+                if merged[best.path].max_abs > 0:
+                    suspects = [best]
+            if not suspects:
+                self._culprit(figure, "introduced in its own code, between its submodules")
+                return
+            for child in suspects:
+                self._visit(child, merged[child.path], depth + 1)
+                child.args = child.kwargs = None
+
+    def _examine_below(self, call: Call, depth: int) -> list[tuple[Call, ModuleError]]:
+        results: list[tuple[Call, ModuleError]] = []
+        start: int | None = 0
+        while start is not None:
+            calls, start = self.calls_below(call, start)
+            for child in calls:
+                figure = self.examine(child, depth + 1)
+                child.outputs = None  # examined: only a suspect's inputs are kept, to expand it
+                if not self._suspect(figure) and not self._gradual:
+                    child.args = child.kwargs = None
+                results.append((child, figure))
+        return results
+
+    @contextlib.contextmanager
+    def _pushed(self, figure: ModuleError) -> Iterator[None]:
+        self._stack.append(figure)
+        try:
+            yield
+        finally:
+            self._stack.pop()
+
+    def _culprit(self, figure: ModuleError, note: str) -> None:
+        culprit = replace(figure, introduces=True, note="; ".join(p for p in (figure.note, note) if p))
+        if not self.found.culprits:
+            self.found.chain = [*self._stack[:-1], culprit]
+        self.found.culprits.append(culprit)
+
+
+def _first_calls(children: list[tuple[Call, ModuleError]]) -> list[Call]:
+    """The first call of each submodule, in execution order."""
+    seen: set[str] = set()
+    out = []
+    for call, _ in children:
+        if call.path not in seen:
+            seen.add(call.path)
+            out.append(call)
+    return out
+
+
+def _merge(children: list[tuple[Call, ModuleError]]) -> dict[str, ModuleError]:
+    """One figure per submodule (keyed by its path below the root): its worst call, with the count
+    of its calls and whether any of them drew random numbers."""
+    counts = Counter(call.path for call, _ in children)
+    worst: dict[str, ModuleError] = {}
+    drew: dict[str, bool] = {}
+    for call, figure in children:
+        drew[call.path] = drew.get(call.path, False) or figure.draws_random
+        if call.path not in worst or figure.ratio > worst[call.path].ratio:
+            worst[call.path] = figure
+    return {p: replace(f, calls=counts[p], draws_random=drew[p]) for p, f in worst.items()}
+
+
+def _first(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else ""
