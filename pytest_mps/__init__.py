@@ -38,6 +38,8 @@ _EXPORTS: dict[str, str] = {
     "Finding": "pytest_mps.emulation.findings",
     "MPSAbortError": "pytest_mps.emulation.errors",
     "EmulatedMPS": "pytest_mps.emulation.emulator",
+    "localize": "pytest_mps.localization",
+    "Localization": "pytest_mps.localization",
 }
 
 __all__ = [
@@ -46,6 +48,7 @@ __all__ = [
     "Comparison",
     "EmulatedMPS",
     "Finding",
+    "Localization",
     "MPSAbortError",
     "MPSEnvironment",
     "PipelineLoadError",
@@ -66,6 +69,7 @@ __all__ = [
     "default_inputs",
     "detect_environment",
     "load_pipeline",
+    "localize",
     "resolve_target",
 ]
 
@@ -84,6 +88,7 @@ if TYPE_CHECKING:
     from pytest_mps.environment import MPSEnvironment, detect_environment
     from pytest_mps.hazard_audit import AuditReport, assert_no_mps_hazards, audit, audit_module
     from pytest_mps.inputs import default_inputs
+    from pytest_mps.localization import Localization, localize
     from pytest_mps.metrics import Comparison
     from pytest_mps.pipelines import PipelineLoadError, load_pipeline
     from pytest_mps.results import CheckResult

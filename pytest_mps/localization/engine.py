@@ -22,7 +22,7 @@ from typing import Any
 from pytest_mps.localization.records import CallDifference, Localization, ModuleError
 from pytest_mps.localization.search import Call, Limits, Search
 from pytest_mps.localization.sides import Side, check_name, make_side
-from pytest_mps.localization.trace import Comparing, Recording, StopRun, Trace, component
+from pytest_mps.localization.trace import Captured, Comparing, Recording, StopRun, Trace, component
 
 __all__ = ["LOCAL_TOLERANCES", "localize"]
 
@@ -33,9 +33,9 @@ LOCAL_TOLERANCES: dict[str, tuple[float, float]] = {
     "attention_slicing": (1e-2, 1e-6),
 }
 
-#: A call whose output is within this share of the threshold is taken as clean when the final output
-#: alone differs (then post-processing, not a module, changed it).
-_CLEAN_SHARE = 0.1
+#: When no call's output reaches this share of the threshold while the final output fails the check,
+#: post-processing (pipeline code after the last call) changed the output.
+_SHARE = 0.1
 
 
 def _threshold(name: str, value: float | None, default: float) -> float:
@@ -129,82 +129,67 @@ def localize(
 
     # 2. the reference run, compared as it goes
     comparing = Comparing(recording, rtol=rtol, atol=atol, copy_module=side.reference_copy)
-    reference_array = _reference_run(trace, side, call, comparing, timings, "reference run")
-    common = {"calls_compared": comparing.compared}
-    gradual = False
-    if comparing.first is None:
+    reference_array = _reference_run(trace, side, call, comparing, timings)
+    common: dict[str, Any] = {"calls_compared": comparing.compared}
+    gradual = not comparing.stopped  # no call exceeds the threshold: the output alone may fail
+    if gradual:
         assert reference_array is not None
         output_max_abs, failures = _judge_output(target_run.array, reference_array, tolerance)
         common["output_max_abs"] = output_max_abs
         if not failures:
             return finish("no divergence", **common)
-        key = comparing.largest()
-        if key is None or comparing.outputs[key].ratio <= _CLEAN_SHARE:
+        if comparing.largest() < _SHARE:
             first = CallDifference(
                 "output", 0, None, "after denoising", "output", output_max_abs or math.inf, math.inf, math.inf
             )
-            return finish(
-                "between calls",
-                first=first,
-                notes=(
-                    f"the output fails the check ({failures[0]}) while "
-                    "every module call agrees: post-processing "
-                    "(pipeline code after the last module call)",
-                ),
-                **common,
+            note = (
+                f"the output fails the check ({failures[0]}) while every module call agrees: post-processing "
+                "(pipeline code after the last module call)"
             )
-        gradual = True
-        comparing = Comparing(recording, rtol=rtol, atol=atol, stop_at=key, copy_module=side.reference_copy)
-        _reference_run(trace, side, call, comparing, timings, "reference rerun")
-        diff = comparing.outputs[key]
-        first = CallDifference(
-            key[0],
-            key[1],
-            recording.records[key].step,
-            recording.phase(key),
-            "output",
-            diff.max_abs,
-            diff.relative,
-            diff.ratio,
-            diff.nonfinite,
-        )
-    else:
-        first = comparing.first
-    captured = comparing.captured
-    if first.part == "inputs" or first.where == "latents" or captured is None:
+            return finish("between calls", first=first, notes=(note,), **common)
+    onset = comparing.onset()
+    assert onset is not None
+    first = comparing.call_difference(onset)
+    if onset.part == "inputs" or onset.key[0] == "latents":
         return finish("between calls", first=first, **common)
+    captured = comparing.captures.get(onset.key)
+    if captured is None:  # an onset older than the calls kept: run the reference again up to it
+        comparing = Comparing(
+            recording, rtol=rtol, atol=atol, copy_module=side.reference_copy, stop_at=onset.key
+        )
+        _reference_run(trace, side, call, comparing, timings, "reference rerun")
+        captured = comparing.captures[onset.key]
 
-    # 3. the module search below the first call that differs
+    # 3. the module search below that call
     clock = time.perf_counter()
-    root_module = component(pipe, first.where)
-    record = recording.records[captured.key]
-    root = Call(
-        "",
-        captured.args,
-        captured.kwargs,
-        captured.outputs,
-        captured.rng,
-        captured.drew,
-        dtypes=[t.dtype for t in record.inputs],
-    )
     deadline = started + time_budget if time_budget is not None else None
     limits = Limits(max_expansions, max_depth, capture_bytes, deadline)
-    with side.roots(root_module, captured.module) as (reference_root, target_root):
+    with side.roots(component(pipe, first.where), captured.module) as (reference_root, target_root):
         search = Search(side, reference_root, target_root, first.where, rtol=rtol, atol=atol, limits=limits)
-        found = search.run(root, gradual=gradual)
+        found = search.run(_root_call(captured, recording), gradual=gradual or not first.ratio > 1)
     timings["search"] = time.perf_counter() - clock
-    ranking = _ranking(found.culprits)
-    culprit = found.culprits[0] if found.culprits else None
+    ranking = _ranking([c for c in found.culprits if c.max_abs > 0 or c.draws_random])
+    culprit = next((c for c in found.culprits if c.max_abs > 0 or c.draws_random), None)
     verdict = "gradual" if gradual else "module" if culprit is not None else "not reproduced"
     return finish(
         verdict,
         first=first,
         culprit=culprit,
-        chain=tuple(found.chain),
+        chain=tuple(found.chain) if culprit is not None else (),
         ranking=ranking,
         modules_examined=found.examined,
         notes=tuple(found.notes) + _shared_class_note(ranking),
         **common,
+    )
+
+
+def _root_call(captured: Captured, recording: Recording) -> Call:
+    """The search's starting call: a top-level call as the reference made it, with the dtypes the
+    target run gave its inputs (a float16 replay casts exactly those)."""
+    record = recording.records[captured.key]
+    dtypes = [t.dtype for t in record.inputs]
+    return Call(
+        "", captured.args, captured.kwargs, captured.outputs, captured.rng, captured.drew, dtypes=dtypes
     )
 
 
@@ -214,7 +199,7 @@ def _reference_run(
     call: dict[str, Any],
     comparing: Comparing,
     timings: dict[str, float],
-    label: str,
+    label: str = "reference run",
 ) -> Any:
     """Run the reference side under ``comparing``; its output array, or None when it was stopped."""
     clock = time.perf_counter()

@@ -212,10 +212,11 @@ class Localization:
         unet.up_blocks.1.resnets.0 (ResnetBlock2D): local max |diff| 0.12``."""
         first, culprit = self.first, self.culprit
         if self.verdict == "module" and first is not None and culprit is not None:
-            if culprit.draws_random and not culprit.differs:
-                cause = "draws random numbers (a module in training mode?)"
-            else:
-                cause = f"local max |diff| {_figure(culprit.max_abs, culprit.nonfinite)}"
+            cause = f"local max |diff| {_figure(culprit.max_abs, culprit.nonfinite)}"
+            if culprit.draws_random:
+                cause = "draws random numbers (a module in training mode?)" + (
+                    f", {cause}" if culprit.max_abs > 0 else ""
+                )
             return f"divergence starts {first.when()} in {culprit.path} ({culprit.module_class}): {cause}"
         if self.verdict == "between calls" and first is not None:
             figure = _figure(first.max_abs, first.nonfinite)

@@ -33,6 +33,23 @@ def detached_copy(module: torch.nn.Module) -> torch.nn.Module:
         return copy.deepcopy(module)
 
 
+def host_copy(module: torch.nn.Module, dtype: torch.dtype | None = None) -> torch.nn.Module:
+    """A CPU copy of ``module`` (in ``dtype`` when given). A module on a device is moved to the CPU
+    in place (lossless), copied there and moved back, so the device never holds two copies."""
+    import torch
+
+    first = next(module.parameters(), None)
+    device = first.device if first is not None else torch.device("cpu")
+    if device.type != "cpu":
+        module.to("cpu")
+    try:
+        twin = detached_copy(module)
+    finally:
+        if device.type != "cpu":
+            module.to(device)
+    return twin.to(dtype=dtype) if dtype is not None else twin
+
+
 class Side:
     """The ``cpu_parity`` pair: the pipeline on the target against the CPU in the same dtype."""
 
@@ -74,8 +91,9 @@ class Side:
         self, root: torch.nn.Module, reference: torch.nn.Module | None
     ) -> Iterator[tuple[torch.nn.Module, torch.nn.Module]]:
         """``root`` as the reference runs it and as the target runs it, for the whole search;
-        ``reference`` is :meth:`reference_copy`'s copy."""
-        assert reference is not None
+        ``reference`` is :meth:`reference_copy`'s copy, or None to make one now."""
+        if reference is None:
+            reference = host_copy(root, self._reference_convert())
         try:
             yield reference, self._target_root(root, reference)
         finally:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from pytest_mps.localization.records import CallDifference
-from pytest_mps.localization.tensors import Difference, copy_off_device, difference, tensors_in
+from pytest_mps.localization.tensors import Difference, copy_off_device, difference, nbytes, tensors_in
 
 if TYPE_CHECKING:
     import torch
@@ -211,11 +211,32 @@ class Captured:
     rng: Any
     drew: bool = False
     module: Any = None  # the reference's own copy of the module, where the side makes one
+    source: Any = None  # the module that made the call (in the reference's configuration then)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One comparison of the reference run: a call's inputs or output (or the latents)."""
+
+    key: Key
+    step: int | None
+    part: str
+    diff: Difference
 
 
 class Comparing:
-    """A :class:`Listener` for the reference run: compares each call with the target's record and
-    stops the run at the first call that differs (or at ``stop_at``), capturing its inputs."""
+    """A :class:`Listener` for the reference run: compares each call's inputs and output with the
+    target's record as it goes, and stops the run at the first comparison beyond the threshold.
+
+    Where the divergence starts is the *onset*: walking back from that comparison over the ones
+    before it while each is at least a tenth of the next (an unbroken rise, not a jump out of
+    rounding noise), the earliest. So a difference that a later step amplifies past the threshold is
+    traced to where it appeared (a call's output, or a scheduler step between calls), not to the
+    call that amplified it. With ``stop_at``, the run is only stopped after that call, to capture it.
+    """
+
+    #: How much smaller than the next comparison an earlier one may be and still belong to its rise.
+    DROP = 10.0
 
     def __init__(
         self,
@@ -223,16 +244,22 @@ class Comparing:
         *,
         rtol: float,
         atol: float,
-        stop_at: Key | None = None,
         copy_module: Callable[[Any], Any] | None = None,
+        stop_at: Key | None = None,
+        keep_bytes: int = 256 << 20,
     ) -> None:
         self.recording = recording
-        self.copy_module = copy_module
         self.rtol, self.atol = rtol, atol
+        self.copy_module = copy_module
         self.stop_at = stop_at
-        self.first: CallDifference | None = None
-        self.captured: Captured | None = None
+        self.keep_bytes = keep_bytes
+        self.stopped = False
+        self.entries: list[Entry] = []
         self.outputs: dict[Key, Difference] = {}
+        # the latest module calls as the reference made them, up to ``keep_bytes`` (top-level inputs
+        # are latent-sized: every call of a run usually fits)
+        self.captures: dict[Key, Captured] = {}
+        self._kept: dict[Key, int] = {}
         self._pending: Captured | None = None
 
     @property
@@ -240,35 +267,78 @@ class Comparing:
         """Calls compared so far."""
         return len(self.outputs)
 
-    def _call_difference(self, key: Key, step: int | None, part: str, diff: Difference) -> CallDifference:
+    def largest(self) -> float:
+        """The largest ratio to the threshold of any call's output (0 when none was compared)."""
+        return max((d.ratio for d in self.outputs.values()), default=0.0)
+
+    def call_difference(self, entry: Entry) -> CallDifference:
+        """An entry as a :class:`CallDifference` (steps belong to calls made during denoising)."""
+        phase = self.recording.phase(entry.key)
+        diff = entry.diff
         return CallDifference(
-            where=key[0],
-            call=key[1],
-            step=step,
-            phase=self.recording.phase(key),
-            part=part,
+            where=entry.key[0],
+            call=entry.key[1],
+            step=entry.step if phase == "denoising" else None,
+            phase=phase,
+            part=entry.part,
             max_abs=diff.max_abs,
             relative=diff.relative,
             ratio=diff.ratio,
             nonfinite=diff.nonfinite,
         )
 
+    def onset(self) -> Entry | None:
+        """Where the divergence starts: the earliest comparison of the rise that ends at the first
+        comparison beyond the threshold (or, for a run that ended, at the largest)."""
+        if not self.entries:
+            return None
+        index = (
+            len(self.entries) - 1
+            if self.stopped
+            else max(range(len(self.entries)), key=lambda i: self.entries[i].diff.ratio)
+        )
+        while index > 0:
+            earlier, later = self.entries[index - 1].diff.ratio, self.entries[index].diff.ratio
+            if earlier <= 0 or earlier < later / self.DROP:
+                break
+            index -= 1
+        return self.entries[index]
+
+    def _note(self, entry: Entry) -> None:
+        self.entries.append(entry)
+        if entry.diff.differs and self.stop_at is None:
+            self._stop()
+
+    def _stop(self) -> None:
+        self.stopped = True
+        onset = self.onset()
+        if onset is not None:
+            self._copy(self.captures.get(onset.key))
+        raise StopRun
+
+    def _copy(self, captured: Captured | None) -> None:
+        import torch
+
+        if captured is not None and self.copy_module is not None and captured.module is None:
+            # Copied now, while the pipeline is in the reference's configuration: no second move.
+            with torch.inference_mode(False):
+                captured.module = self.copy_module(captured.source)
+
     def start(self, key: Key, step: int | None, args: Any, kwargs: Any) -> None:
         import torch
 
         record = self.recording.records.get(key)
         if record is None:  # the target never made this call: its control flow differs
-            missing = Difference(float("inf"), 0.0, float("inf"), problem="the target made no such call")
-            self.first = self._call_difference(key, step, "inputs", missing)
+            self._note(
+                Entry(
+                    key, step, "inputs", Difference(float("inf"), 0.0, float("inf"), problem="no such call")
+                )
+            )
             raise StopRun
-        if self.stop_at is None:
-            inputs = copy_off_device(tensors_in((args, kwargs)))
-            diff = difference(record.inputs, inputs, rtol=self.rtol, atol=self.atol)
-            if diff.differs:
-                self.first = self._call_difference(key, step, "inputs", diff)
-                raise StopRun
-        if self.stop_at in (None, key):
-            self._pending = Captured(key, *copy_off_device((args, kwargs)), [], torch.get_rng_state())
+        inputs = copy_off_device((args, kwargs))
+        diff = difference(record.inputs, tensors_in(inputs), rtol=self.rtol, atol=self.atol)
+        self._note(Entry(key, step, "inputs", diff))
+        self._pending = Captured(key, *inputs, [], torch.get_rng_state())
 
     def end(self, key: Key, step: int | None, output: Any, module: Any) -> None:
         import torch
@@ -278,21 +348,16 @@ class Comparing:
         diff = difference(record.outputs, outputs, rtol=self.rtol, atol=self.atol)
         self.outputs[key] = diff
         pending, self._pending = self._pending, None
-        hit = key == self.stop_at or (self.stop_at is None and diff.differs)
-        if not hit:
-            return
-        if self.stop_at is None:
-            self.first = self._call_difference(key, step, "output", diff)
-        if pending is not None and pending.key == key:
+        if pending is not None and pending.key == key and key[0] != "latents":
             pending.outputs = outputs
             pending.drew = not torch.equal(pending.rng, torch.get_rng_state())
-            if self.copy_module is not None and module is not None:
-                # Copied now, while the pipeline is in the reference's configuration: no second move.
-                pending.module = self.copy_module(module)
-            self.captured = pending
-        raise StopRun
-
-    def largest(self) -> Key | None:
-        """The module call whose output differs most (by ratio to the threshold)."""
-        calls = {k: d for k, d in self.outputs.items() if k[0] != "latents"}
-        return max(calls, key=lambda k: calls[k].ratio, default=None)
+            pending.source = module
+            self.captures[key] = pending
+            self._kept[key] = nbytes((pending.args, pending.kwargs, pending.outputs))
+            while len(self.captures) > 1 and sum(self._kept.values()) > self.keep_bytes:
+                oldest = next(iter(self.captures))
+                del self.captures[oldest], self._kept[oldest]
+        self._note(Entry(key, step, "output", diff))
+        if key == self.stop_at:
+            self._copy(self.captures.get(key))
+            raise StopRun
