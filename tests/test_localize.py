@@ -289,6 +289,9 @@ def test_memory_and_expansion_bounds(emulated: None) -> None:
     assert short.verdict == "module" and short.culprit.path == "unet.up_blocks.1"
     assert "not searched further: max_expansions 1 reached" in short.culprit.note
     assert any("the search stopped at max_expansions 1" in note for note in short.notes)
+    hurried = localize(pipe, time_budget=0.0)  # the step is still found; the search stops at once
+    assert (hurried.first.where, hurried.culprit.path) == ("unet", "unet")
+    assert "the time budget" in hurried.culprit.note
 
 
 def test_record_round_trips_through_json(emulated: None) -> None:
@@ -332,3 +335,31 @@ def test_public_from_the_package() -> None:
 
     assert pytest_mps.localize is localize and pytest_mps.Localization is Localization
     assert callable(pytest_mps.localize)
+
+
+def test_in_a_session_it_localises_on_the_session_target(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        f"""
+        import pytest
+        from pytest_mps import assert_cpu_parity, localize
+
+        def test_kernel_bug(mps_pipeline):
+            pipe = mps_pipeline({str(FIXTURES / "tiny-ddpm")!r})
+            resnet = pipe.unet.up_blocks[1].resnets[0]
+            resnet.register_forward_hook(lambda m, a, out: out * 1.1 if out.is_mps else out)
+            with pytest.raises(AssertionError, match="cpu_parity FAILED on emulated mps"):
+                assert_cpu_parity(pipe)
+            loc = localize(pipe)
+            print(*loc.lines(), sep="\\n")
+            assert loc.culprit.path == "unet.up_blocks.1.resnets.0"
+        """
+    )
+    result = pytester.runpytest("--mps-device", "emulated", "-s", "-p", "no:randomly")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*divergence starts at step 0 in unet.up_blocks.1.resnets.0 (ResnetBlock2D): local max |diff| *",
+            "  first call that differs: unet (call 0) at step 0: output max |diff| *",
+            "  path: unet * > unet.up_blocks.1 * > unet.up_blocks.1.resnets.0 *",
+        ]
+    )

@@ -178,6 +178,7 @@ def localize(
         chain=tuple(found.chain) if culprit is not None else (),
         ranking=ranking,
         modules_examined=found.examined,
+        capture_bytes=found.peak_bytes,
         notes=tuple(found.notes) + _shared_class_note(ranking),
         **common,
     )

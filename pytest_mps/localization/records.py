@@ -178,6 +178,8 @@ class Localization:
         rtol, atol: the local threshold, ``atol + rtol * max |reference|``.
         calls_compared: top-level calls compared between the runs.
         modules_examined: module calls replayed on the target.
+        capture_bytes: the most bytes of submodule inputs and outputs the search held at once (the
+            memory it needs beyond the pipeline's own, bounded by ``localize(capture_bytes=...)``).
         output_max_abs: max |diff| of the final outputs (None when the run stopped early or an output
             is not finite).
         seconds: wall time of the localisation; ``timings`` splits it.
@@ -196,6 +198,7 @@ class Localization:
     atol: float = 0.0
     calls_compared: int = 0
     modules_examined: int = 0
+    capture_bytes: int = 0
     output_max_abs: float | None = None
     seconds: float = 0.0
     timings: Mapping[str, float] = field(default_factory=dict)

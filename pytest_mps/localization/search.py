@@ -62,6 +62,7 @@ class _Found:
     chain: list[ModuleError] = field(default_factory=list)
     examined: int = 0
     expansions: int = 0
+    peak_bytes: int = 0  # the most bytes of submodule captures one rerun held
     notes: list[str] = field(default_factory=list)
 
 
@@ -216,6 +217,7 @@ class Search:
         finally:
             for handle in handles:
                 handle.remove()
+        self.found.peak_bytes = max(self.found.peak_bytes, state["bytes"])
         return captured, state["resume"]
 
     # --- the search ----------------------------------------------------------------------------------
