@@ -363,3 +363,69 @@ def test_in_a_session_it_localises_on_the_session_target(pytester: pytest.Pytest
             "  path: unet * > unet.up_blocks.1 * > unet.up_blocks.1.resnets.0 *",
         ]
     )
+
+
+# --- the pure helpers -------------------------------------------------------------------------------
+
+
+def test_difference_judges_tensors_against_their_own_scale() -> None:
+    from pytest_mps.localization.tensors import difference
+
+    ref = torch.tensor([10.0, -20.0, 5.0])
+    close = difference([ref + 0.1], [ref], rtol=1e-2, atol=0.0)  # 0.1 against 1% of 20
+    assert (close.max_abs, close.scale, close.differs) == (pytest.approx(0.1, rel=1e-5), 20.0, False)
+    assert close.ratio == pytest.approx(0.5, rel=1e-5) and close.relative == pytest.approx(0.005, rel=1e-5)
+    far = difference([ref, ref * 1.1], [ref, ref], rtol=1e-2, atol=0.0)  # the worst tensor is reported
+    assert far.differs and far.max_abs == pytest.approx(2.0) and far.shape == (3,)
+    nan = difference([torch.tensor([1.0, float("nan"), float("inf")])], [torch.ones(3)], rtol=1e-2, atol=0.0)
+    assert (nan.nonfinite, nan.ratio, nan.problem) == (2, float("inf"), "")
+    same_nan = difference(
+        [torch.tensor([float("nan"), 1.0])], [torch.tensor([float("nan"), 1.0])], rtol=0, atol=0
+    )
+    assert same_nan.ratio == 0.0  # NaN where the reference has NaN too: not a difference
+    ref_nan = difference([torch.ones(2)], [torch.tensor([float("nan"), 1.0])], rtol=1e-2, atol=0.0)
+    assert ref_nan.differs and ref_nan.problem == "the reference (not the target) has 1 NaN/Inf here"
+    ints = difference([torch.tensor([1, 2])], [torch.tensor([1, 3])], rtol=1.0, atol=1.0)
+    assert ints.ratio == float("inf")  # integers (labels, token ids) must match exactly
+    assert (
+        difference([torch.ones(2, 3)], [torch.ones(3, 2)], rtol=1, atol=1).problem == "shape (2, 3) vs (3, 2)"
+    )
+    assert "1 output tensors vs 2" in difference([ref], [ref, ref], rtol=1, atol=1).problem
+
+
+def test_tensors_are_found_and_moved_in_one_order() -> None:
+    from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
+
+    from pytest_mps.localization.tensors import copy_off_device, onto, tensors_in
+
+    a, b, c = torch.zeros(1), torch.ones(2, dtype=torch.int64), torch.full((3,), 2.0)
+    value = ((a, None, [b]), {"x": UNet2DConditionOutput(sample=c), "n": 3})
+    assert [t.shape for t in tensors_in(value)] == [(1,), (2,), (3,)]
+    copied = copy_off_device(value)
+    assert isinstance(copied[1]["x"], UNet2DConditionOutput) and copied[1]["n"] == 3
+    assert all(
+        x is not y and torch.equal(x, y) for x, y in zip(tensors_in(copied), tensors_in(value), strict=True)
+    )
+    half = onto(value, "cpu", torch.float16)  # floating tensors cast, integers kept
+    assert [t.dtype for t in tensors_in(half)] == [torch.float16, torch.int64, torch.float16]
+    hinted = onto(value, "cpu", torch.float16, dtypes=[torch.float32, torch.int64, torch.float16])
+    assert [t.dtype for t in tensors_in(hinted)] == [torch.float32, torch.int64, torch.float16]
+    generator = torch.Generator().manual_seed(3)
+    twin = onto({"g": generator}, "cpu")["g"]
+    torch.rand(1, generator=twin)  # a replay consumes a copy, never the caller's generator
+    assert torch.equal(generator.get_state(), torch.Generator().manual_seed(3).get_state())
+
+
+def test_onset_walks_back_over_a_rise_not_over_noise() -> None:
+    from pytest_mps.localization.tensors import Difference
+    from pytest_mps.localization.trace import Comparing, Entry, Recording
+
+    def comparing(*ratios: float) -> Comparing:
+        c = Comparing(Recording("unet"), rtol=1e-2, atol=0.0)
+        c.entries = [Entry(("unet", i), i, "output", Difference(r, 1.0, r)) for i, r in enumerate(ratios)]
+        c.stopped = True
+        return c
+
+    assert comparing(0.01, 0.02, 5.0).onset().key == ("unet", 2)  # a jump out of rounding noise
+    assert comparing(0.0, 0.3, 0.6, 1.2).onset().key == ("unet", 1)  # a rise from where it appeared
+    assert comparing(0.3, 0.001, 0.2, 2.0).onset().key == ("unet", 2)  # broken by a call that agreed

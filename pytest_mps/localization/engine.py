@@ -78,7 +78,9 @@ def localize(
         slice_size: for ``attention_slicing``, as ``pipe.enable_attention_slicing`` takes it.
         max_expansions, max_depth: bounds on the module search.
         capture_bytes: the most bytes of one call's submodule inputs and outputs held at once.
-        time_budget: seconds after which the search stops descending (it reports where it stopped).
+        time_budget: seconds, counted from the start of the call, after which the module search stops
+            descending (it reports where it stopped); the failing check's own time x 2 keeps the whole
+            localisation near 3x the check.
 
     Returns a :class:`~pytest_mps.localization.Localization`; it never raises for a divergence, only
     for bad arguments (``ValueError``, one line).

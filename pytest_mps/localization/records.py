@@ -25,10 +25,10 @@ VERDICTS: tuple[str, ...] = (
 
 #: What a module-by-module replay cannot see, said in every report.
 BLIND_SPOTS = (
-    "error made inside one module's own code (a fused kernel, a functional op between its submodules) is "
+    "error made inside one module's own code (a fused kernel, functional ops between its submodules) is "
     "named at that module, not split further",
-    "random draws are flagged per module (the reference call advanced the global RNG), not reproduced: a "
-    "device's RNG stream differs from the CPU's",
+    "random draws are flagged (the reference call advanced the global RNG), not reproduced: a device's RNG "
+    "stream differs from the CPU's",
 )
 
 _INF_FIELDS = ("max_abs", "relative", "ratio")

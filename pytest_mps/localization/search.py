@@ -120,30 +120,12 @@ class Search:
             outputs = self._replay(module, call, self.side.cast)
         except Exception as exc:
             if self.side.cast is None:
-                return ModuleError(
-                    path,
-                    type(module).__name__,
-                    0.0,
-                    0.0,
-                    0.0,
-                    depth=depth,
-                    draws_random=call.drew,
-                    note=f"replay raised {type(exc).__name__}: {_first(exc)}",
-                )
+                return self._unjudged(module, path, call, depth, exc)
             try:  # a module that takes some inputs in float32 even in a float16 pipeline
                 outputs = self._replay(module, call, None)
                 note = f"inputs kept as captured (with float16 inputs the replay raised {type(exc).__name__})"
             except Exception as again:
-                return ModuleError(
-                    path,
-                    type(module).__name__,
-                    0.0,
-                    0.0,
-                    0.0,
-                    depth=depth,
-                    draws_random=call.drew,
-                    note=f"replay raised {type(again).__name__}: {_first(again)}",
-                )
+                return self._unjudged(module, path, call, depth, again)
         assert call.outputs is not None
         diff = difference(outputs, call.outputs, rtol=self.rtol, atol=self.atol)
         del outputs
@@ -159,6 +141,13 @@ class Search:
             draws_random=call.drew,
             depth=depth,
             note=diff.problem or note,
+        )
+
+    def _unjudged(self, module: Any, path: str, call: Call, depth: int, exc: Exception) -> ModuleError:
+        """A module whose replay raised: no figure, the exception as its note."""
+        note = f"replay raised {type(exc).__name__}: {_first(exc)}"
+        return ModuleError(
+            path, type(module).__name__, 0.0, 0.0, 0.0, depth=depth, draws_random=call.drew, note=note
         )
 
     def _replay(self, module: torch.nn.Module, call: Call, cast: Any) -> list[Any]:
@@ -257,18 +246,20 @@ class Search:
             if not children:
                 self._culprit(figure, "")
                 return
-            merged = _merge(children)
-            firsts = _first_calls(children)
-            suspects = [c for c in firsts if self._suspect(merged[c.path])]
+            modules = _by_module(children)
+            suspects = [(c, f) for c, f in modules if self._suspect(f)]
             if not suspects and self._gradual:
-                best = max(firsts, key=lambda c: merged[c.path].relative)
-                if merged[best.path].max_abs > 0:
+                best = max(modules, key=lambda item: item[1].relative)
+                if best[1].max_abs > 0:
                     suspects = [best]
             if not suspects:
                 self._culprit(figure, "introduced in its own code, between its submodules")
                 return
-            for child in suspects:
-                self._visit(child, merged[child.path], depth + 1)
+            for child, child_figure in suspects:
+                if child.args is not None:
+                    self._visit(child, child_figure, depth + 1)
+                else:  # its inputs were dropped with a call that did not differ
+                    self._culprit(child_figure, "")
                 child.args = child.kwargs = None
 
     def _examine_below(self, call: Call, depth: int) -> list[tuple[Call, ModuleError]]:
@@ -299,28 +290,25 @@ class Search:
         self.found.culprits.append(culprit)
 
 
-def _first_calls(children: list[tuple[Call, ModuleError]]) -> list[Call]:
-    """The first call of each submodule, in execution order."""
-    seen: set[str] = set()
-    out = []
-    for call, _ in children:
-        if call.path not in seen:
-            seen.add(call.path)
-            out.append(call)
-    return out
-
-
-def _merge(children: list[tuple[Call, ModuleError]]) -> dict[str, ModuleError]:
-    """One figure per submodule (keyed by its path below the root): its worst call, with the count
-    of its calls and whether any of them drew random numbers."""
-    counts = Counter(call.path for call, _ in children)
-    worst: dict[str, ModuleError] = {}
+def _by_module(children: list[tuple[Call, ModuleError]]) -> list[tuple[Call, ModuleError]]:
+    """One entry per submodule, in the order of its first call: the call to expand (its worst call
+    whose inputs are still held) and its figure over all its calls (the worst, with the count of
+    calls and whether any drew random numbers)."""
+    order: dict[str, int] = {}
+    counts: Counter[str] = Counter()
     drew: dict[str, bool] = {}
+    worst: dict[str, tuple[Call, ModuleError]] = {}
     for call, figure in children:
+        order.setdefault(call.path, len(order))
+        counts[call.path] += 1
         drew[call.path] = drew.get(call.path, False) or figure.draws_random
-        if call.path not in worst or figure.ratio > worst[call.path].ratio:
-            worst[call.path] = figure
-    return {p: replace(f, calls=counts[p], draws_random=drew[p]) for p, f in worst.items()}
+        held = worst.get(call.path)
+        if held is None or (call.args is not None, figure.ratio) > (held[0].args is not None, held[1].ratio):
+            worst[call.path] = (call, figure)
+    return [
+        (call, replace(figure, calls=counts[path], draws_random=drew[path]))
+        for path, (call, figure) in sorted(worst.items(), key=lambda item: order[item[0]])
+    ]
 
 
 def _first(exc: BaseException) -> str:

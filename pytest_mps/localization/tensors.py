@@ -166,12 +166,14 @@ def _pair(target: torch.Tensor, reference: torch.Tensor, rtol: float, atol: floa
     a, b = target.to(wide), reference.to(wide)
     fa, fb = torch.isfinite(a), torch.isfinite(b)
     same_special = ~fa & ~fb & ((a == b) | (torch.isnan(a) & torch.isnan(b)))
-    bad = int((~fa & ~same_special).sum()) + int((fa & ~fb).sum())
+    target_only = int((~fa & ~same_special).sum())
+    reference_only = int((fa & ~fb).sum())
     both = fa & fb
     max_abs = float((a - b).abs()[both].max()) if bool(both.any()) else 0.0
     scale = float(b.abs()[fb].max()) if bool(fb.any()) else 0.0
-    if bad:
-        return Difference(math.inf, scale, math.inf, bad, shape, dtype)
+    if target_only or reference_only:
+        problem = "" if target_only else f"the reference (not the target) has {reference_only} NaN/Inf here"
+        return Difference(math.inf, scale, math.inf, target_only, shape, dtype, problem)
     limit = atol + rtol * scale
     ratio = max_abs / limit if limit > 0 else (math.inf if max_abs > 0 else 0.0)
     return Difference(max_abs, scale, ratio, 0, shape, dtype)
