@@ -170,8 +170,8 @@ def localize(
         search = Search(side, reference_root, target_root, first.where, rtol=rtol, atol=atol, limits=limits)
         found = search.run(_root_call(captured, recording), gradual=gradual or not first.ratio > 1)
     timings["search"] = time.perf_counter() - clock
-    ranking = _ranking([c for c in found.culprits if c.max_abs > 0 or c.draws_random])
-    culprit = next((c for c in found.culprits if c.max_abs > 0 or c.draws_random), None)
+    ranking = _ranking(found.culprits)
+    culprit = found.first
     verdict = "gradual" if gradual else "module" if culprit is not None else "not reproduced"
     return finish(
         verdict,

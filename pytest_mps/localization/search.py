@@ -56,10 +56,16 @@ class Limits:
     deadline: float | None = None  # a time.perf_counter() value
 
 
+#: A module that introduces error names the divergence only if its error is at least this fraction of
+#: the largest one found: near the threshold, rounding noise must not win by coming first.
+NOISE_SHARE = 0.1
+
+
 @dataclass
 class _Found:
-    culprits: list[ModuleError] = field(default_factory=list)
-    chain: list[ModuleError] = field(default_factory=list)
+    culprits: list[ModuleError] = field(default_factory=list)  # in the order the search met them
+    first: ModuleError | None = None  # the one that names the divergence
+    chain: list[ModuleError] = field(default_factory=list)  # from the root down to ``first``
     examined: int = 0
     expansions: int = 0
     peak_bytes: int = 0  # the most bytes of submodule captures one rerun held
@@ -107,6 +113,7 @@ class Search:
         self.found = _Found()
         self._stack: list[ModuleError] = []
         self._gradual = False
+        self._met: list[tuple[tuple[int, ...], ModuleError, list[ModuleError]]] = []
 
     # --- examine: replay one call on the target ------------------------------------------------------
     def examine(self, call: Call, depth: int) -> ModuleError:
@@ -212,13 +219,21 @@ class Search:
     # --- the search ----------------------------------------------------------------------------------
     def run(self, root: Call, *, gradual: bool = False) -> _Found:
         """Search below ``root``. ``gradual``: no call exceeds the threshold, so follow the largest
-        local error instead."""
+        local error instead.
+
+        Submodules that differ are searched largest error first (so limits cut the weakest leads);
+        the divergence is then named at the culprit that comes first in execution order among those
+        with at least :data:`NOISE_SHARE` of the largest error, or that draw random numbers."""
         self._gradual = gradual
         figure = self.examine(root, 0)
         if self._suspect(figure) or gradual:
-            self._visit(root, figure, 0)
-        else:
-            self.found.chain = [figure]
+            self._visit(root, figure, 0, ())
+        met = [m for m in self._met if m[1].max_abs > 0 or m[1].draws_random]
+        self.found.culprits = [m[1] for m in met]
+        if met:
+            largest = max(m[1].ratio for m in met)
+            eligible = [m for m in met if m[1].draws_random or m[1].ratio >= NOISE_SHARE * largest]
+            _, self.found.first, self.found.chain = min(eligible, key=lambda m: m[0])
         return self.found
 
     def _suspect(self, figure: ModuleError) -> bool:
@@ -233,33 +248,33 @@ class Search:
             return "the time budget"
         return ""
 
-    def _visit(self, call: Call, figure: ModuleError, depth: int) -> None:
+    def _visit(self, call: Call, figure: ModuleError, depth: int, order: tuple[int, ...]) -> None:
         with self._pushed(figure):
             limit = self._limit(depth)
             if limit:
-                self._culprit(figure, f"not searched further: {limit} reached")
+                self._culprit(figure, f"not searched further: {limit} reached", order)
                 if limit not in " ".join(self.found.notes):
                     self.found.notes.append(f"the search stopped at {limit}: submodules not all examined")
                 return
             self.found.expansions += 1
             children = self._examine_below(call, depth)
             if not children:
-                self._culprit(figure, "")
+                self._culprit(figure, "", order)
                 return
             modules = _by_module(children)
-            suspects = [(c, f) for c, f in modules if self._suspect(f)]
+            suspects = [(i, c, f) for i, (c, f) in enumerate(modules) if self._suspect(f)]
             if not suspects and self._gradual:
-                best = max(modules, key=lambda item: item[1].relative)
-                if best[1].max_abs > 0:
-                    suspects = [best]
+                best = max(range(len(modules)), key=lambda i: modules[i][1].relative)
+                if modules[best][1].max_abs > 0:
+                    suspects = [(best, *modules[best])]
             if not suspects:
-                self._culprit(figure, "introduced in its own code, between its submodules")
+                self._culprit(figure, "introduced in its own code, between its submodules", order)
                 return
-            for child, child_figure in suspects:
+            for index, child, child_figure in sorted(suspects, key=lambda item: -item[2].ratio):
                 if child.args is not None:
-                    self._visit(child, child_figure, depth + 1)
+                    self._visit(child, child_figure, depth + 1, (*order, index))
                 else:  # its inputs were dropped with a call that did not differ
-                    self._culprit(child_figure, "")
+                    self._culprit(child_figure, "", (*order, index))
                 child.args = child.kwargs = None
 
     def _examine_below(self, call: Call, depth: int) -> list[tuple[Call, ModuleError]]:
@@ -283,11 +298,9 @@ class Search:
         finally:
             self._stack.pop()
 
-    def _culprit(self, figure: ModuleError, note: str) -> None:
+    def _culprit(self, figure: ModuleError, note: str, order: tuple[int, ...]) -> None:
         culprit = replace(figure, introduces=True, note="; ".join(p for p in (figure.note, note) if p))
-        if not self.found.culprits:
-            self.found.chain = [*self._stack[:-1], culprit]
-        self.found.culprits.append(culprit)
+        self._met.append((order, culprit, [*self._stack[:-1], culprit]))
 
 
 def _by_module(children: list[tuple[Call, ModuleError]]) -> list[tuple[Call, ModuleError]]:
