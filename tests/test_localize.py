@@ -276,6 +276,22 @@ def test_output_only_difference_is_post_processing(emulated: None) -> None:
     assert "post-processing" in loc.notes[0]
 
 
+def test_a_difference_its_replay_does_not_reproduce_is_said_so(emulated: None) -> None:
+    pipe = load("tiny-ddpm")
+    fired: list[int] = []
+
+    def first_call_only(x: torch.Tensor) -> torch.Tensor:  # state kept between calls, not an input
+        fired.append(1)
+        return x * 1.5 if len(fired) == 1 else x
+
+    on_device(pipe.unet.conv_out, first_call_only)
+    pipe.to("mps")
+    loc = localize(pipe)
+    assert (loc.verdict, loc.first.where, loc.first.step) == ("not reproduced", "unet", 0)
+    assert loc.culprit is None and loc.ranking == ()
+    assert "but its replay on the target with the reference's inputs agrees" in loc.headline()
+
+
 def test_target_run_that_raises_is_reported(emulated: None) -> None:
     pipe = load("tiny-ddpm")
 

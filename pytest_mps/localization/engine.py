@@ -168,7 +168,11 @@ def localize(
     limits = Limits(max_expansions, max_depth, capture_bytes, deadline)
     with side.roots(component(pipe, first.where), captured.module) as (reference_root, target_root):
         search = Search(side, reference_root, target_root, first.where, rtol=rtol, atol=atol, limits=limits)
-        found = search.run(_root_call(captured, recording), gradual=gradual or not first.ratio > 1)
+        found = search.run(
+            _root_call(captured, recording),
+            gradual=gradual or not first.ratio > 1,
+            observed=_observed(first, component(pipe, first.where), captured.drew),
+        )
     timings["search"] = time.perf_counter() - clock
     ranking = _ranking(found.culprits)
     culprit = found.first
@@ -183,6 +187,22 @@ def localize(
         capture_bytes=found.peak_bytes,
         notes=tuple(found.notes) + _shared_class_note(ranking),
         **common,
+    )
+
+
+def _observed(first: CallDifference, module: Any, drew: bool) -> ModuleError | None:
+    """The onset call's difference as the two runs saw it, standing in for its replay: at the onset
+    its inputs differ at most a tenth as much as its output (see ``Comparing.onset``)."""
+    if first.part != "output" or not first.ratio > 1:
+        return None
+    return ModuleError(
+        first.where,
+        type(module).__name__,
+        first.max_abs,
+        first.relative,
+        first.ratio,
+        nonfinite=first.nonfinite,
+        draws_random=drew,
     )
 
 

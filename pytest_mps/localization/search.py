@@ -217,15 +217,18 @@ class Search:
         return captured, state["resume"]
 
     # --- the search ----------------------------------------------------------------------------------
-    def run(self, root: Call, *, gradual: bool = False) -> _Found:
+    def run(self, root: Call, *, gradual: bool = False, observed: ModuleError | None = None) -> _Found:
         """Search below ``root``. ``gradual``: no call exceeds the threshold, so follow the largest
-        local error instead.
+        local error instead. ``observed``: the root call's difference as the runs saw it, when its
+        inputs agreed (so the difference is its own): its replay is then skipped unless no
+        submodule explains the difference.
 
         Submodules that differ are searched largest error first (so limits cut the weakest leads);
         the divergence is then named at the culprit that comes first in execution order among those
         with at least :data:`NOISE_SHARE` of the largest error, or that draw random numbers."""
         self._gradual = gradual
-        figure = self.examine(root, 0)
+        figure = observed if observed is not None else self.examine(root, 0)
+        self._replayed_root = observed is None
         if self._suspect(figure) or gradual:
             self._visit(root, figure, 0, ())
         met = [m for m in self._met if m[1].max_abs > 0 or m[1].draws_random]
@@ -268,6 +271,14 @@ class Search:
                 if modules[best][1].max_abs > 0:
                     suspects = [(best, *modules[best])]
             if not suspects:
+                if depth == 0 and not self._replayed_root:
+                    # Nothing below explains it: replay the call itself, to tell its own code from
+                    # a difference it inherited with its inputs.
+                    self._replayed_root = True
+                    figure = self.examine(call, 0)
+                    self._stack[-1] = figure
+                    if not (self._suspect(figure) or self._gradual):
+                        return
                 self._culprit(figure, "introduced in its own code, between its submodules", order)
                 return
             for index, child, child_figure in sorted(suspects, key=lambda item: -item[2].ratio):
