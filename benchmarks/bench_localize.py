@@ -17,7 +17,9 @@ the denoiser's weights.
 Pipelines: the tiny fixtures (``tiny-sd``, ``tiny-ddpm``, ``tiny-dit``); ``sd-moderate``, a
 random-weight SD-shaped pipeline at a moderate size (UNet (32, 64, 128, 128) with 2 layers per block,
 a 4-level VAE, a 4-layer CLIP; 128x128); and with ``--full`` ``sd-full``, the SD-1.5 shape (UNet
-(320, 640, 1280, 1280), VAE (128, 256, 512, 512), 12-layer CLIP; 512x512), for a GPU.
+(320, 640, 1280, 1280), VAE (128, 256, 512, 512), 12-layer CLIP; 512x512), for a GPU. Both take the
+checks' default of 2 steps (``--steps``); the fault fires from step 0, so more steps let the
+reference run stop earlier against a check that runs them all (a lower ratio).
 
 Usage::
 
@@ -162,7 +164,7 @@ def target_device(kind: str) -> Iterator[str]:
         yield kind
 
 
-def timed_check(pipe: Any, check: str, target: Any) -> tuple[float, str]:
+def timed_check(pipe: Any, check: str, target: Any, inputs: dict[str, Any]) -> tuple[float, str]:
     """Seconds of the failing check with a fresh CPU-reference cache, and its first line."""
     from pytest_mps import assert_cpu_parity, assert_float16_parity
     from pytest_mps.context import CheckContext, using_context
@@ -172,17 +174,17 @@ def timed_check(pipe: Any, check: str, target: Any) -> tuple[float, str]:
     with using_context(CheckContext(target=target, references=ReferenceCache())):
         start = time.perf_counter()
         try:
-            function(pipe)
+            function(pipe, inputs)
         except AssertionError as exc:
             return time.perf_counter() - start, str(exc).splitlines()[0]
     return time.perf_counter() - start, "PASSED (the planted fault did not fail the check)"
 
 
-def timed_localize(pipe: Any, check: str, target: Any) -> tuple[float, Any]:
+def timed_localize(pipe: Any, check: str, target: Any, inputs: dict[str, Any]) -> tuple[float, Any]:
     from pytest_mps.localization import localize
 
     start = time.perf_counter()
-    loc = localize(pipe, check=check, target=target)
+    loc = localize(pipe, inputs, check=check, target=target)
     return time.perf_counter() - start, loc
 
 
@@ -190,25 +192,32 @@ def weights_bytes(module: Any) -> int:
     return sum(p.numel() * p.element_size() for p in module.parameters())
 
 
-def measure(name: str, check: str, device: str, repeats: int) -> dict[str, Any]:
+#: Output sizes (pixels) of the SD-shaped pipelines; the tiny ones use their smallest valid size.
+SIZES = {"sd-moderate": 128, "sd-full": 512}
+
+
+def measure(name: str, check: str, device: str, repeats: int, steps: int, size: int | None) -> dict[str, Any]:
     import warnings
 
+    from pytest_mps import default_inputs
     from pytest_mps.context import current_context
 
     fault = FAULTS[name][0 if check == "cpu_parity" else 1]
     pipe = build(name)
     plant(pipe, check, fault)
+    size = size or SIZES.get(name)
+    inputs = default_inputs(pipe, steps=steps, height=size, width=size)
     with target_device(device) as where, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         pipe.to(where)
         target = current_context(pipe).target
-        timed_check(pipe, check, target)  # warm-up: emulation signatures, kernels, allocator
-        timed_localize(pipe, check, target)
+        timed_check(pipe, check, target, inputs)  # warm-up: emulation signatures, kernels, allocator
+        timed_localize(pipe, check, target, inputs)
         checks, localizations, loc, headline = [], [], None, ""
         for _ in range(repeats):
-            seconds, headline = timed_check(pipe, check, target)
+            seconds, headline = timed_check(pipe, check, target, inputs)
             checks.append(seconds)
-            seconds, loc = timed_localize(pipe, check, target)
+            seconds, loc = timed_localize(pipe, check, target, inputs)
             localizations.append(seconds)
     check_s, localize_s = statistics.median(checks), statistics.median(localizations)
     denoiser = pipe.components.get("unet") or pipe.components.get("transformer")
@@ -217,6 +226,8 @@ def measure(name: str, check: str, device: str, repeats: int) -> dict[str, Any]:
         "pipeline": name,
         "check": check,
         "target": loc.target,
+        "size": inputs.get("height"),
+        "steps": steps,
         "check_s": check_s,
         "localize_s": localize_s,
         "ratio": localize_s / check_s,
@@ -247,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
         "--checks", nargs="*", default=["cpu_parity", "float16"], choices=("cpu_parity", "float16")
     )
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=2, help="denoising steps (the checks' default: 2)")
+    parser.add_argument("--size", type=int, help="output side in pixels (default: 128 moderate, 512 full)")
     parser.add_argument(
         "--threads", type=int, default=1, help="torch CPU threads (1: steady on a shared box)"
     )
@@ -269,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for name in names:
         for check in args.checks:
-            row = measure(name, check, args.device, args.repeats)
+            row = measure(name, check, args.device, args.repeats, args.steps, args.size)
             rows.append(row)
             mark = "ok" if row["correct"] else f"EXPECTED {row['planted']}"
             print(
@@ -278,9 +291,10 @@ def main(argv: list[str] | None = None) -> int:
             )
             parts = ", ".join(f"{k} {v:.3f}s" for k, v in row["timings"].items())
             print(
-                f"{'':<12} {row['calls_compared']} calls compared, {row['modules_replayed']} module calls "
-                f"replayed, captures peak {_mib(row['capture_bytes'])} (denoiser weights "
-                f"{_mib(row['denoiser_weight_bytes'])}); {parts}"
+                f"{'':<12} {row['size']}px, {row['steps']} steps; {row['calls_compared']} calls compared, "
+                f"{row['modules_replayed']} module calls replayed, captures peak "
+                f"{_mib(row['capture_bytes'])} (denoiser weights {_mib(row['denoiser_weight_bytes'])}); "
+                f"{parts}"
             )
     worst = max(rows, key=lambda r: r["ratio"])
     print(f"worst ratio {worst['ratio']:.2f}x ({worst['pipeline']}, {worst['check']}); goal <= {GOAL:.0f}x")

@@ -465,7 +465,9 @@ def test_onset_walks_back_over_a_rise_not_over_noise() -> None:
 
     def comparing(*ratios: float) -> Comparing:
         c = Comparing(Recording("unet"), rtol=1e-2, atol=0.0)
-        c.entries = [Entry(("unet", i), i, "output", Difference(r, 1.0, r)) for i, r in enumerate(ratios)]
+        c.entries = [
+            Entry(("unet", i), i, "output", Difference(r, 1.0, r, spread=r)) for i, r in enumerate(ratios)
+        ]
         c.stopped = True
         return c
 

@@ -125,6 +125,8 @@ class Difference:
             in the reference.
         shape, dtype: of the target tensor with the largest ratio.
         problem: a structure mismatch in words (count, shape), else empty.
+        spread: the largest RMS of the difference over the RMS of the reference, over the tensors: a
+            scale-free size that outliers do not set (``inf`` where ``ratio`` is).
     """
 
     max_abs: float
@@ -134,6 +136,7 @@ class Difference:
     shape: tuple[int, ...] = ()
     dtype: str = ""
     problem: str = ""
+    spread: float = 0.0
 
     @property
     def relative(self) -> float:
@@ -152,14 +155,14 @@ def _pair(target: torch.Tensor, reference: torch.Tensor, rtol: float, atol: floa
     shape = tuple(target.shape)
     dtype = str(target.dtype).replace("torch.", "")
     if target.shape != reference.shape:
-        return Difference(
-            math.inf, 0.0, math.inf, 0, shape, dtype, f"shape {shape} vs {tuple(reference.shape)}"
-        )
+        problem = f"shape {shape} vs {tuple(reference.shape)}"
+        return Difference(math.inf, 0.0, math.inf, 0, shape, dtype, problem, math.inf)
     if target.numel() == 0:
         return Difference(0.0, 0.0, 0.0, 0, shape, dtype)
     if not (target.is_floating_point() or target.is_complex()):
         equal = bool(torch.equal(target.to(reference.dtype), reference))
-        return Difference(0.0 if equal else math.inf, 0.0, 0.0 if equal else math.inf, 0, shape, dtype)
+        worst = 0.0 if equal else math.inf
+        return Difference(worst, 0.0, worst, 0, shape, dtype, "", worst)
     if target.dtype == reference.dtype and bool(torch.equal(target, reference)):
         return Difference(0.0, float(reference.abs().max()), 0.0, 0, shape, dtype)  # the common case, fast
     wide = torch.complex128 if target.is_complex() or reference.is_complex() else torch.float64
@@ -173,10 +176,13 @@ def _pair(target: torch.Tensor, reference: torch.Tensor, rtol: float, atol: floa
     scale = float(b.abs()[fb].max()) if bool(fb.any()) else 0.0
     if target_only or reference_only:
         problem = "" if target_only else f"the reference (not the target) has {reference_only} NaN/Inf here"
-        return Difference(math.inf, scale, math.inf, target_only, shape, dtype, problem)
+        return Difference(math.inf, scale, math.inf, target_only, shape, dtype, problem, math.inf)
     limit = atol + rtol * scale
     ratio = max_abs / limit if limit > 0 else (math.inf if max_abs > 0 else 0.0)
-    return Difference(max_abs, scale, ratio, 0, shape, dtype)
+    rms = float(b.abs().square().mean().sqrt())
+    off = float((a - b).abs().square().mean().sqrt())
+    spread = off / rms if rms > 0 else (math.inf if off > 0 else 0.0)
+    return Difference(max_abs, scale, ratio, 0, shape, dtype, "", spread)
 
 
 def difference(
@@ -184,15 +190,13 @@ def difference(
 ) -> Difference:
     """Compare two lists of tensors pairwise (see :class:`Difference`); the worst pair is reported."""
     if len(target) != len(reference):
-        return Difference(
-            math.inf,
-            0.0,
-            math.inf,
-            problem=f"{len(target)} output tensors vs {len(reference)} in the reference",
-        )
+        problem = f"{len(target)} output tensors vs {len(reference)} in the reference"
+        return Difference(math.inf, 0.0, math.inf, problem=problem, spread=math.inf)
     worst = Difference(0.0, 0.0, 0.0)
+    spread = 0.0
     for t, r in zip(target, reference, strict=True):
         pair = _pair(t, r, rtol, atol)
+        spread = max(spread, pair.spread)
         if pair.ratio > worst.ratio or (pair.ratio == worst.ratio and not worst.shape):
             worst = pair
-    return worst
+    return dataclasses.replace(worst, spread=spread)

@@ -230,9 +230,10 @@ class Comparing:
 
     Where the divergence starts is the *onset*: walking back from that comparison over the ones
     before it while each is at least a tenth of the next (an unbroken rise, not a jump out of
-    rounding noise), the earliest. So a difference that a later step amplifies past the threshold is
-    traced to where it appeared (a call's output, or a scheduler step between calls), not to the
-    call that amplified it. With ``stop_at``, the run is only stopped after that call, to capture it.
+    rounding noise; sizes compared as the RMS of the difference over the RMS of the reference), the
+    earliest. So a difference that a later step amplifies past the threshold is traced to where it
+    appeared (a call's output, or a scheduler step between calls), not to the call that amplified
+    it. With ``stop_at``, the run is only stopped after that call, to capture it.
     """
 
     #: How much smaller than the next comparison an earlier one may be and still belong to its rise.
@@ -298,7 +299,8 @@ class Comparing:
             else max(range(len(self.entries)), key=lambda i: self.entries[i].diff.ratio)
         )
         while index > 0:
-            earlier, later = self.entries[index - 1].diff.ratio, self.entries[index].diff.ratio
+            # Spreads, not ratios: a tensor's outliers set its threshold, not the size of its error.
+            earlier, later = self.entries[index - 1].diff.spread, self.entries[index].diff.spread
             if earlier <= 0 or earlier < later / self.DROP:
                 break
             index -= 1
@@ -327,11 +329,16 @@ class Comparing:
     def start(self, key: Key, step: int | None, args: Any, kwargs: Any) -> None:
         import torch
 
+        if key[0] == "latents":  # not a call: only its output (the latents) is compared
+            return
         record = self.recording.records.get(key)
         if record is None:  # the target never made this call: its control flow differs
             self._note(
                 Entry(
-                    key, step, "inputs", Difference(float("inf"), 0.0, float("inf"), problem="no such call")
+                    key,
+                    step,
+                    "inputs",
+                    Difference(float("inf"), 0.0, float("inf"), problem="no such call", spread=float("inf")),
                 )
             )
             raise StopRun
