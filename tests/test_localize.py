@@ -474,3 +474,27 @@ def test_onset_walks_back_over_a_rise_not_over_noise() -> None:
     assert comparing(0.01, 0.02, 5.0).onset().key == ("unet", 2)  # a jump out of rounding noise
     assert comparing(0.0, 0.3, 0.6, 1.2).onset().key == ("unet", 1)  # a rise from where it appeared
     assert comparing(0.3, 0.001, 0.2, 2.0).onset().key == ("unet", 2)  # broken by a call that agreed
+
+
+def test_latents_that_a_step_amplifies_are_traced_to_the_denoiser() -> None:
+    from pytest_mps.localization.trace import Comparing, Recording, StopRun
+
+    x = torch.ones(4)
+    recording = Recording("unet")  # the target run: the denoiser 0.6% off, the latents after it 2%
+    recording.start(("unet", 0), 0, (x,), {})
+    recording.end(("unet", 0), 0, x * 1.006, None)
+    recording.start(("latents", 0), 0, (), {})
+    recording.end(("latents", 0), 0, x * 1.02, None)
+    comparing = Comparing(recording, rtol=1e-2, atol=0.0)
+    comparing.start(("unet", 0), 0, (x,), {})
+    comparing.end(("unet", 0), 0, x, None)  # below the threshold: the run goes on
+    comparing.start(("latents", 0), 0, (), {})
+    with pytest.raises(StopRun):
+        comparing.end(("latents", 0), 0, x, None)
+    assert [(e.key[0], e.part) for e in comparing.entries] == [
+        ("unet", "inputs"),
+        ("unet", "output"),
+        ("latents", "output"),
+    ]
+    onset = comparing.onset()
+    assert (onset.key, onset.part) == (("unet", 0), "output")  # not "between calls" in the scheduler
