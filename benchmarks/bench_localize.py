@@ -291,7 +291,8 @@ def main(argv: list[str] | None = None) -> int:
             )
             parts = ", ".join(f"{k} {v:.3f}s" for k, v in row["timings"].items())
             print(
-                f"{'':<12} {row['size']}px, {row['steps']} steps; {row['calls_compared']} calls compared, "
+                f"{'':<12} {row['size'] or 'default'} px, {row['steps']} steps; "
+                f"{row['calls_compared']} calls compared, "
                 f"{row['modules_replayed']} module calls replayed, captures peak "
                 f"{_mib(row['capture_bytes'])} (denoiser weights {_mib(row['denoiser_weight_bytes'])}); "
                 f"{parts}"
