@@ -51,6 +51,8 @@ _EXPORTS: dict[str, str] = {
     "Finding": "pytest_mps.emulation.findings",
     "MPSAbortError": "pytest_mps.emulation.errors",
     "EmulatedMPS": "pytest_mps.emulation.emulator",
+    "localize": "pytest_mps.localization",
+    "Localization": "pytest_mps.localization",
 }
 
 __all__ = [
@@ -62,6 +64,7 @@ __all__ = [
     "EmulatedMPS",
     "Finding",
     "InputSpec",
+    "Localization",
     "MPSAbortError",
     "MPSEnvironment",
     "Pipeline",
@@ -91,6 +94,7 @@ __all__ = [
     "default_inputs",
     "detect_environment",
     "load_pipeline",
+    "localize",
     "pipeline_verdict",
     "resolve_target",
 ]
@@ -117,6 +121,7 @@ if TYPE_CHECKING:
     from pytest_mps.hazard_audit import AuditReport, assert_no_mps_hazards, audit, audit_module
     from pytest_mps.input_spec import InputSpec
     from pytest_mps.inputs import default_inputs
+    from pytest_mps.localization import Localization, localize
     from pytest_mps.metrics import Comparison
     from pytest_mps.pipelines import PipelineLoadError, load_pipeline
     from pytest_mps.protocols import Pipeline

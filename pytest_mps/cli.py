@@ -32,8 +32,11 @@ usage: pytest-mps COMMAND ...
 Tell whether Diffusers pipelines work on Apple's MPS backend.
 
 commands:
-  check PATH [PATH ...]   run the compatibility suite on pipeline folders and print the verdict table
-  merge REPORT.json ...   join JSON reports of CI shards or runners into one report
+  check PATH [PATH ...]        run the compatibility suite on pipeline folders and print the verdict table
+  merge REPORT.json ...        join JSON reports of CI shards or runners into one report
+  init-ci                      write a GitHub Actions workflow: emulated pre-check on Linux, real MPS on a Mac
+  sign-receipt REPORT.json     sign a run's verdict with your SSH key (MPS evidence from your Mac)
+  verify-receipt RECEIPT.json  check a signed receipt in CI: only an unchanged real-MPS badge run passes
 
 Try it on the bundled tiny pipelines:
   pytest-mps check fixtures/tiny-sd fixtures/tiny-ddpm fixtures/tiny-dit
@@ -250,17 +253,30 @@ def check(argv: Sequence[str]) -> int:
         return USAGE_ERROR
     import pytest
 
-    return int(pytest.main([*pytest_arguments(options, paths, device), *passthrough]))
+    status = int(pytest.main([*pytest_arguments(options, paths, device), *passthrough]))
+    # pytest's usage error (a bad option it parsed, a receipt that could not be signed) is bad input here.
+    return USAGE_ERROR if status == int(pytest.ExitCode.USAGE_ERROR) else status
 
 
-def _merge(argv: Sequence[str]) -> int:
-    from pytest_mps.merge import main as merge_main
+def _delegate(module: str) -> Callable[[Sequence[str]], int]:
+    """A command whose ``main(argv)`` lives in ``module`` (imported when the command runs)."""
 
-    return int(merge_main(list(argv)) or 0)
+    def run(argv: Sequence[str]) -> int:
+        import importlib
+
+        return int(importlib.import_module(module).main(list(argv)) or 0)
+
+    return run
 
 
 #: The commands: name -> what runs it.
-COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {"check": check, "merge": _merge}
+COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
+    "check": check,
+    "merge": _delegate("pytest_mps.merge"),
+    "init-ci": _delegate("pytest_mps.ci_workflow"),
+    "sign-receipt": _delegate("pytest_mps.receipts.sign"),
+    "verify-receipt": _delegate("pytest_mps.receipts.verify"),
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -323,6 +323,23 @@ OPTIONS: tuple[Option, ...] = (
         metavar="LIST",
     ),
     Option(
+        "receipt",
+        "after the run, write a signed receipt of its verdict and figures to FILE (and FILE.sig): MPS "
+        "evidence from a contributor's Mac that pytest-mps verify-receipt checks in CI",
+        kind="path",
+        ini=False,
+        cli="--receipt",
+        metavar="FILE",
+    ),
+    Option(
+        "receipt_key",
+        "the SSH key that signs the receipt (default: git's user.signingkey, else ~/.ssh/id_ed25519...)",
+        kind="path",
+        ini=False,
+        cli="--receipt-key",
+        metavar="KEY",
+    ),
+    Option(
         "allow_pickle",
         "let the suite load pickled .bin weights (unpickling can run code: only for folders you trust)",
         kind="flag",
@@ -362,6 +379,8 @@ class Settings:
     size: int | None = None
     schedulers: str = "compatible"
     checks: tuple[str, ...] | None = None
+    receipt: Path | None = None
+    receipt_key: Path | None = None
     allow_pickle: bool = False
     #: where each value came from (``command line``, ``environment``, ``ini``, ``default``)
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)

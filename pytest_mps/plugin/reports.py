@@ -28,6 +28,7 @@ class RunFacts:
     deselected: int = 0
     collection_errors: int = 0
     messages: list[str] = field(default_factory=list)
+    receipt_failed: bool = False
 
 
 _FACTS_KEY = pytest.StashKey[RunFacts]()
@@ -44,7 +45,8 @@ def collector_of(config: pytest.Config) -> ResultCollector:
 
 
 def install(config: pytest.Config) -> None:
-    """Start collecting for this run."""
+    """Start collecting for this run (and refuse a receipt that could not be signed)."""
+    check_receipt_key(config)
     config.stash[_FACTS_KEY] = RunFacts()
     config.pluginmanager.register(CollectingHooks(config), "pytest-mps-collecting")
 
@@ -139,7 +141,7 @@ def write_reports(config: pytest.Config, exitstatus: int) -> None:
     from pytest_mps.reports.model import build_report
 
     settings = session_of(config).settings
-    if not (settings.report_json or settings.report_md or settings.report_html):
+    if not (settings.report_json or settings.report_md or settings.report_html or settings.receipt):
         return
     facts = facts_of(config)
     checks, images = [], {}
@@ -170,6 +172,45 @@ def write_reports(config: pytest.Config, exitstatus: int) -> None:
         )
     if settings.report_md is not None:
         facts.messages.append(f"Markdown report: {write_markdown(report, settings.report_md)}")
+    if settings.receipt is not None:
+        sign_receipt(config, report)
+
+
+def check_receipt_key(config: pytest.Config) -> None:
+    """With ``--mps-receipt``: a usage error at once, before anything runs, when there is no key to sign
+    with."""
+    settings = session_of(config).settings
+    if settings.receipt is None:
+        return
+    from pytest_mps.receipts import default_signing_key
+
+    key = settings.receipt_key
+    if key is not None and not key.expanduser().exists():
+        raise pytest.UsageError(f"--mps-receipt-key {key}: no such file; give the SSH key to sign with")
+    if key is None and default_signing_key() is None:
+        raise pytest.UsageError(
+            "--mps-receipt: no SSH key to sign with: pass --mps-receipt-key ~/.ssh/id_ed25519 "
+            "(make one with ssh-keygen -t ed25519)"
+        )
+
+
+def sign_receipt(config: pytest.Config, report: dict[str, Any]) -> None:
+    """Sign the run's verdict and figures into the receipt the settings ask for; a failure is a line
+    in the summary and the run's exit status 4 (the receipt was asked for and is missing)."""
+    from pytest_mps.receipts import ReceiptError, describe_written, write_receipt
+
+    settings = session_of(config).settings
+    facts = facts_of(config)
+    outputs = [p for p in (settings.report_json, settings.report_md, settings.report_html) if p is not None]
+    try:
+        files = write_receipt(
+            report, settings.receipt, pipelines=settings.pipelines, key=settings.receipt_key, exclude=outputs
+        )
+    except ReceiptError as exc:
+        facts.messages.append(f"receipt not written: {exc}")
+        facts.receipt_failed = True
+        return
+    facts.messages.append(describe_written(files))
 
 
 def send_to_controller(config: pytest.Config) -> None:
@@ -216,3 +257,5 @@ def finish(config: pytest.Config, session: pytest.Session, exitstatus: int) -> N
     if mps.results and mps.settings.report_html is not None:
         facts_of(config).collector.images.update(image_sets(mps.results))
     write_reports(config, exitstatus)
+    if facts_of(config).receipt_failed:
+        session.exitstatus = pytest.ExitCode.USAGE_ERROR
