@@ -91,7 +91,8 @@ def _flags() -> tuple[str, ...]:
     for opt in _check_options():
         if opt.kind == "flag" and opt.cli:
             names.append(opt.cli)
-            names.append("--no-" + opt.cli[2:])
+            if opt.negatable:
+                names.append("--no-" + opt.cli[2:])
     return tuple(names)
 
 
@@ -149,7 +150,7 @@ def _check_parser() -> _Parser:
         default = _CHECK_DEFAULTS.get(opt.name, opt.default)
         if opt.kind == "flag":
             action: type[argparse.Action] | str = (
-                argparse.BooleanOptionalAction if opt.name in _CHECK_DEFAULTS else "store_true"
+                argparse.BooleanOptionalAction if opt.negatable else "store_true"
             )
             parser.add_argument(opt.cli, dest=opt.name, action=action, default=default, help=opt.help)
         else:
@@ -224,7 +225,7 @@ def pytest_arguments(options: argparse.Namespace, paths: Sequence[str], device: 
         if opt.kind == "flag":
             if value:
                 args.append(opt.flag)
-            elif opt.name in _CHECK_DEFAULTS:
+            elif opt.negatable:
                 args.append("--no-" + opt.flag[2:])
         elif value is not None:
             args += [opt.flag, _as_text(value)]

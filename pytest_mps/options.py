@@ -158,6 +158,7 @@ class Option:
         env: the environment variable that sets it (between command line and ini).
         cli: the ``pytest-mps check`` flag that maps onto it.
         metavar: the placeholder in ``--help``.
+        negatable: a flag that also has its ``--no-`` form (to turn off what a default or ini turned on).
     """
 
     name: str
@@ -169,6 +170,7 @@ class Option:
     env: str | None = None
     cli: str | None = None
     metavar: str | None = None
+    negatable: bool = False
 
     @property
     def flag(self) -> str:
@@ -283,6 +285,16 @@ OPTIONS: tuple[Option, ...] = (
         kind="flag",
         default=False,
         cli="--isolate",
+        negatable=True,
+    ),
+    Option(
+        "localize",
+        "after a parity, float16 or slicing check fails on the target only, say where the divergence "
+        "starts: the first step and the module that introduces the error (default on)",
+        kind="flag",
+        default=True,
+        cli="--localize",
+        negatable=True,
     ),
     Option(
         "timeout",
@@ -374,6 +386,7 @@ class Settings:
     xdist_workers: int = 1
     pipelines: tuple[str, ...] = ()
     isolate: bool = False
+    localize: bool = True
     timeout: float = 600.0
     steps: int = 2
     size: int | None = None

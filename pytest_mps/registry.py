@@ -61,6 +61,8 @@ class CheckSpec:
             judged there).
         cross_check: when it fails on the target, run it again on the CPU: a failure there too is
             "fails on the CPU too: not an MPS problem".
+        localizes: when it fails on the target only, say where the divergence starts
+            (:func:`pytest_mps.localize`: the first step and the module that introduces the error).
         only_on: the targets it runs on (``None``: every target).
         aliases: older names still accepted on input (``--mps-checks``, old reports).
         guards: the failure classes it catches (issue numbers), for documentation.
@@ -75,6 +77,7 @@ class CheckSpec:
     tolerance: Mapping[str, float | None] = field(default_factory=dict)
     standin_tolerance: Mapping[str, float | None] = field(default_factory=dict)
     cross_check: bool = True
+    localizes: bool = False
     only_on: frozenset[str] | None = None
     aliases: tuple[str, ...] = ()
     guards: str = ""
@@ -114,6 +117,7 @@ _SPECS: tuple[CheckSpec, ...] = (
         figure="max |diff|",
         required=True,
         function="pytest_mps.checks.parity:check_cpu_parity",
+        localizes=True,
         api="cpu_parity",
         # Diffusers' MPS tolerance for DDPM (3x its CPU/CUDA 1e-2); the largest honest stand-in divergence
         # measured (a full-size SD-1.5 shape at 512x512, H100 with TF32) was 1.0e-3.
@@ -138,6 +142,7 @@ _SPECS: tuple[CheckSpec, ...] = (
         figure="max |diff|",
         required=True,
         function="pytest_mps.checks.slicing:check_attention_slicing_parity",
+        localizes=True,
         api="attention_slicing_parity",
         # Diffusers uses 1e-3 on tiny models; a full-size SD-1.5 shape at 512x512 on an H100 with TF32
         # differed by 1.13e-3 between sliced and unsliced attention.
@@ -161,6 +166,7 @@ _SPECS: tuple[CheckSpec, ...] = (
         figure="cosine distance to float32 CPU",
         required=True,
         function="pytest_mps.checks.parity:check_float16_parity",
+        localizes=True,
         api="float16_parity",
         # Diffusers' float16-vs-float32 cosine limit; on real MPS also an absolute limit, since cosine
         # alone missed a float16 denoiser 3x too strong (max |diff| 0.38 at cosine 7.7e-3). On a

@@ -226,6 +226,32 @@ def cross_check(
         result.failures.insert(0, f"fails on the CPU too ({on_cpu.summary}): not an MPS problem")
 
 
+def localize_failure(
+    check: str, pipe: Any, ctx: CheckContext, options: dict[str, Any], result: CheckResult
+) -> None:
+    """Say where a divergence on the target starts (:func:`pytest_mps.localize`), within about twice the
+    failing check's own time: the headline and the ranked modules go into the failure report and the
+    reports (``details["localization"]``)."""
+    from pytest_mps.input_spec import call_inputs
+    from pytest_mps.localization import localize
+
+    try:
+        found = localize(
+            pipe,
+            call_inputs(pipe, options.get("inputs")),
+            check,
+            target=ctx.target,
+            tolerance=options.get("tolerance"),
+            slice_size=options.get("slice_size", 1),
+            time_budget=2 * sum(result.timings.values()),
+        )
+    except Exception as exc:  # localisation is help for a failure, never a failure of its own
+        result.details["localization_error"] = f"{type(exc).__name__}: {first_line(exc)}"
+        return
+    result.details["localization"] = found.to_dict()
+    result.details.setdefault("lines", []).extend(found.lines())
+
+
 def run_check(check: str, compute: Compute, pipe: Any, ctx: CheckContext, **options: Any) -> CheckResult:
     """Run ``compute(pipe, ctx, **options)`` as check ``check``: guarded, cross-checked on the CPU
     when it fails on the target (and the registry says it can be), labelled, and recorded."""
@@ -239,6 +265,8 @@ def run_check(check: str, compute: Compute, pipe: Any, ctx: CheckContext, **opti
         and ctx.target.name != "cpu"
     ):
         cross_check(check, compute, pipe, ctx, options, result)
+    if result.status is Status.FAILED and spec.localizes and ctx.localize and result.exception is None:
+        localize_failure(check, pipe, ctx, options, result)
     result.nodeid = result.nodeid or ctx.nodeid
     if ctx.record is not None:
         ctx.record(result)

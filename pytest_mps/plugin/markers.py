@@ -92,6 +92,7 @@ def context_for(item: pytest.Item) -> CheckContext:
         references=session.references,
         record=lambda result: session.record(item, result),
         nodeid=item.nodeid,
+        localize=session.settings.localize,
     )
 
 

@@ -36,12 +36,9 @@ def add_options(parser: pytest.Parser) -> None:
     for opt in OPTIONS:
         if opt.kind == "flag":
             group.addoption(opt.flag, dest=opt.dest, action="store_true", default=None, help=opt.help)
-            if opt.cli == "--isolate":
+            if opt.negatable:
                 group.addoption(
-                    "--no-" + opt.flag[2:],
-                    dest=opt.dest,
-                    action="store_false",
-                    help=f"the opposite of {opt.flag}",
+                    "--no-" + opt.flag[2:], dest=opt.dest, action="store_false", help=f"turn {opt.flag} off"
                 )
         elif opt.kind == "paths":
             group.addoption(

@@ -95,6 +95,7 @@ def suite_settings(config: pytest.Config) -> SuiteSettings:
         # Worker processes open their own store on the session's folder.
         references=str(store.folder) if store is not None and settings.isolate else None,
         update_references=settings.update_references,
+        localize=settings.localize,
     )
 
 

@@ -237,6 +237,29 @@ def _image_figures(check: Mapping[str, Any]) -> str:
     return f"<div class='images'>{''.join(figures)}</div>" if figures else ""
 
 
+def _localization(check: Mapping[str, Any]) -> str:
+    """Where a failing check's divergence starts: the headline and the ranked modules."""
+    found = (check.get("details") or {}).get("localization")
+    if not isinstance(found, Mapping):
+        return ""
+    rows = "".join(
+        f"<tr><td class='num'>{n}</td><td><code>{_e(m.get('path'))}</code></td>"
+        f"<td>{_e(m.get('module_class'))}</td>"
+        f"<td>{_e('x'.join(str(d) for d in m.get('shape') or ()))}</td><td>{_e(m.get('dtype'))}</td>"
+        f"<td class='num'>{_e(_figure(m.get('max_abs')) if m.get('max_abs') is not None else 'inf')}</td>"
+        f"<td>{'yes' if m.get('draws_random') else ''}</td></tr>"
+        for n, m in enumerate(found.get("ranking") or (), 1)
+        if isinstance(m, Mapping)
+    )
+    table = (
+        "<table class='metrics'><tr><th>#</th><th>module</th><th>class</th><th>shape</th><th>dtype</th>"
+        f"<th>local max |diff|</th><th>draws random</th></tr>{rows}</table>"
+        if rows
+        else ""
+    )
+    return f"<div class='localization'><b>{_e(found.get('headline'))}</b>{table}</div>"
+
+
 def _worst(check: Mapping[str, Any], field: str) -> str:
     values = [m.get(field) for m in (check.get("metrics") or {}).values() if isinstance(m, dict)]
     values = [v for v in values if isinstance(v, int | float)]
@@ -269,6 +292,7 @@ def _check_body(index: int, check: Mapping[str, Any]) -> str:
     more = (
         f"<details{details_open}><summary>{_e(check.get('summary') or 'details')}</summary>"
         + (f"<ul class='failures'>{failures}</ul>" if failures else "")
+        + _localization(check)
         + _image_figures(check)
         + _metrics_table(check)
         + (f"<div class='muted'>timings: {timings}</div>" if timings else "")

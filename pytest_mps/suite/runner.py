@@ -214,6 +214,7 @@ def run_suite_check(name: str, loaded: Loaded, *, nodeid: str | None = None) -> 
         ini_tolerance=dict(loaded.settings.ini_tolerance),
         references=loaded.references,
         nodeid=nodeid,
+        localize=loaded.settings.localize,
     )
     function = resolve_function(spec)
     with warnings_into(caught), using_context(ctx), target_scope(loaded.target):

@@ -73,6 +73,7 @@ class SuiteSettings:
         ini_tolerance: tolerances from ini (``mps_atol``...).
         references: the folder of stored CPU references (a worker process opens its own store there).
         update_references: rewrite stored references (``--mps-update-references``).
+        localize: say where a failing parity check's divergence starts.
     """
 
     device: str
@@ -83,6 +84,7 @@ class SuiteSettings:
     ini_tolerance: Mapping[str, float] = field(default_factory=dict)
     references: str | None = None
     update_references: bool = False
+    localize: bool = True
 
     def check_options(self, check: str) -> dict[str, Any]:
         """Keyword arguments the suite passes to check ``check``'s function."""
@@ -101,6 +103,7 @@ class SuiteSettings:
             "ini_tolerance": dict(self.ini_tolerance),
             "references": self.references,
             "update_references": self.update_references,
+            "localize": self.localize,
         }
 
     @classmethod
@@ -115,4 +118,5 @@ class SuiteSettings:
             ini_tolerance=dict(data.get("ini_tolerance", {})),
             references=data.get("references"),
             update_references=bool(data.get("update_references", False)),
+            localize=bool(data.get("localize", True)),
         )
