@@ -24,6 +24,7 @@ import inspect
 import json
 import os
 import stat
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -131,6 +132,8 @@ def _safetensors_header(path: Path) -> dict[str, Any]:
             if size > min(_MAX_HEADER, info.st_size - 8):
                 raise _corrupt_weights(path, f"header length {size} exceeds the file")
             header = json.loads(handle.read(size).decode("utf-8"))
+    except PipelineLoadError:
+        raise
     except OSError as exc:
         raise PipelineLoadError(f"{path}: cannot be read ({type(exc).__name__}: {exc.strerror})") from None
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
@@ -176,15 +179,24 @@ def _json_file(path: Path) -> Any:
 
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
-    """Diffusers' and Transformers' config warnings stay out of a validation's output."""
+    """Diffusers' and Transformers' warnings (missing torchvision, config notes) stay out of a
+    validation's output, which is one line. The libraries are imported first: importing them resets
+    their loggers' levels."""
+    import importlib
+    import importlib.util
     import logging
 
+    for name in _LIBRARIES:
+        if importlib.util.find_spec(name) is not None:
+            importlib.import_module(name)
     loggers = [logging.getLogger(name) for name in _LIBRARIES]
     levels = [logger.level for logger in loggers]
     for logger in loggers:
         logger.setLevel(logging.ERROR)
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
     finally:
         for logger, level in zip(loggers, levels, strict=True):
             logger.setLevel(level)
@@ -225,6 +237,11 @@ def check_structure(path: Path) -> None:
         if not name.startswith("_") and (path / name).is_dir():
             for config in sorted((path / name).glob("*.json")):
                 _json_file(config)
+    with _quiet():  # importing Transformers' classes logs warnings (missing torchvision...)
+        _check_index(path, index_path, index)
+
+
+def _check_index(path: Path, index_path: Path, index: dict[str, Any]) -> None:
     import diffusers
 
     pipeline_name = index.get("_class_name")
@@ -322,8 +339,7 @@ def _check_scheduler(folder: Path, cls: Any, configs: dict[str, Any]) -> None:
         missing = "missing" if config is None else "not a JSON object"
         raise PipelineLoadError(f"{folder / config_name}: {missing}; re-save the pipeline")
     try:
-        with _quiet():
-            cls.from_config(config)
+        cls.from_config(config)
     except Exception as exc:
         raise PipelineLoadError(
             f"{folder / config_name}: does not build a {cls.__name__} "
@@ -344,7 +360,7 @@ def _meta_model(folder: Path, cls: Any, configs: dict[str, Any]) -> tuple[Any, s
     if "quantization_config" in config:
         return None
     try:
-        with _quiet(), torch.device("meta"):
+        with torch.device("meta"):
             if _is_transformers_model(cls):
                 model = cls(cls.config_class.from_pretrained(str(folder)))
             else:
