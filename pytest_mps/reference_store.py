@@ -422,10 +422,14 @@ class ReferenceStore:
             self._folder = Path(self._folder())
         return self._folder
 
-    def _find(self, digest: str) -> Path | None:
-        """The file whose name ends with ``.digest.safetensors``, whatever label and check it was written
-        under (the first by name if two sessions wrote it under two names)."""
-        ending = f".{digest}{SUFFIX}"
+    def _find(self, key: ReferenceKey, fields: Mapping[str, str]) -> Path | None:
+        """The file of this key: under the name this key would write (one ``stat``, no descriptor),
+        else any file whose name ends with ``.HASH.safetensors``, whatever label and check it was
+        written under (the first by name if two sessions wrote it under two names)."""
+        own = self.folder / entry_name(key, fields)
+        if os.path.lexists(own):
+            return own
+        ending = f".{key_digest(fields)}{SUFFIX}"
         try:
             with os.scandir(self.folder) as entries:
                 names = sorted(
@@ -438,7 +442,7 @@ class ReferenceStore:
     def path_for(self, key: ReferenceKey) -> Path:
         """The file that holds (or would hold) the reference for ``key`` with today's versions."""
         fields = file_key(key, self.versions())
-        return self._find(key_digest(fields)) or self.folder / entry_name(key, fields)
+        return self._find(key, fields) or self.folder / entry_name(key, fields)
 
     def load(self, key: ReferenceKey) -> Run | None:
         """The stored reference for ``key``, or None when there is none, it cannot be trusted or read,
@@ -449,7 +453,7 @@ class ReferenceStore:
         if self.update:
             return None
         fields = file_key(key, self.versions())
-        path = self._find(key_digest(fields))
+        path = self._find(key, fields)
         if path is None:
             return None
         try:
@@ -490,7 +494,7 @@ class ReferenceStore:
         from safetensors.numpy import save
 
         fields = file_key(key, self.versions())
-        existing = self._find(key_digest(fields))
+        existing = self._find(key, fields)
         if existing is not None and existing.name in self._kept:
             return
         path = existing or self.folder / entry_name(key, fields)
