@@ -100,6 +100,10 @@ def _is(value: Any, kind: str) -> bool:
     return actual == kind or (kind == "number" and actual == "integer")
 
 
+def _a(kind: str) -> str:
+    return f"an {kind}" if kind[:1] in "aeiou" else f"a {kind}"
+
+
 def _same(a: Any, b: Any) -> bool:
     """JSON equality without Python's ``True == 1``."""
     return _json_type(a) == _json_type(b) and a == b
@@ -141,7 +145,7 @@ class _Validator:
             kinds = node["type"] if isinstance(node["type"], list) else [node["type"]]
             if not any(_is(value, k) for k in kinds):
                 wanted = " or ".join(kinds)
-                raise self.fail(path, f"{_short(value)} is a {_json_type(value)}, not a {wanted}")
+                raise self.fail(path, f"{_short(value)} is {_a(_json_type(value))}, not {_a(wanted)}")
         if "const" in node and not _same(value, node["const"]):
             raise self.fail(path, f"{_short(value)} is not {_short(node['const'])}")
         if "enum" in node and not any(_same(value, e) for e in node["enum"]):
@@ -168,7 +172,7 @@ class _Validator:
             if key in properties:
                 self.check(item, properties[key], where, depth + 1)
             elif extra is False:
-                raise self.fail(where, "is not a field of this schema version")
+                raise self.fail(where, "unknown field (not in this schema version)")
             elif isinstance(extra, dict):
                 self.check(item, extra, where, depth + 1)
             else:
