@@ -527,14 +527,14 @@ def test_references_path_that_is_a_file_is_a_usage_error(pytester: pytest.Pytest
 
 # --- readable names, identity by hash, the summary line -------------------------------------------------
 
-LABELLED = ReferenceKey(
-    KEY.pipeline, KEY.inputs, KEY.dtype, KEY.output_type, label="tiny-sd", check="cpu_parity"
-)
+
+def labelled(label: str = "tiny-sd", check: str = "cpu_parity") -> ReferenceKey:
+    return ReferenceKey(KEY.pipeline, KEY.inputs, KEY.dtype, KEY.output_type, label=label, check=check)
 
 
 def test_file_names_say_pipeline_check_dtype_and_a_short_hash(tmp_path: Path) -> None:
     store = store_at(tmp_path)
-    store.save(LABELLED, small_run())
+    store.save(labelled(), small_run())
     (entry,) = stored_entries(tmp_path)
     assert re.fullmatch(r"tiny-sd\.cpu_parity\.float32\.[0-9a-f]{12}\.safetensors", entry.name), entry.name
     meta = entry_metadata(entry)
@@ -546,9 +546,9 @@ def test_file_names_say_pipeline_check_dtype_and_a_short_hash(tmp_path: Path) ->
 def test_label_and_check_describe_but_do_not_identify(tmp_path: Path) -> None:
     """A reference written by one check (or under one label) is found by another asking for the same
     key: the name is for people, the hash for the store."""
-    other = ReferenceKey(KEY.pipeline, KEY.inputs, KEY.dtype, KEY.output_type, label="copy", check="float16")
-    assert other == LABELLED and hash(other) == hash(LABELLED)
-    store_at(tmp_path).save(LABELLED, small_run())
+    other = labelled("copy", "float16")
+    assert other == labelled() and hash(other) == hash(labelled())
+    store_at(tmp_path).save(labelled(), small_run())
     reader = store_at(tmp_path)
     run = reader.load(other)
     assert run is not None and reader.used == {stored_entries(tmp_path)[0].name}

@@ -185,6 +185,29 @@ def test_a_crafted_report_is_refused_in_one_line(
     assert not out.exists(), "something was written for a refused input"
 
 
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param("x/../../../../escaped", id="image-name-climbs-out"),
+        pytest.param("../../../../../escaped", id="image-name-dotdot-real-png"),
+    ],
+)
+def test_an_image_name_never_writes_outside_the_output(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str
+) -> None:
+    """The image name is part of the output file name: with a real PNG behind it, a name that climbs
+    out of ``images/`` would write there; it is refused instead."""
+    report = shard(tmp_path / "in", result(shift=0.2, passed=False))
+    data = json.loads(report.read_text())
+    data["checks"][0]["images"][name] = data["checks"][0]["images"]["cpu"]
+    report.write_text(json.dumps(data))
+    out = tmp_path / "out"
+    before = files_under(tmp_path)
+    code, err, _ = run_merge(capsys, str(report), "--html", str(out / "html"))
+    assert code == 2 and len(err) == 1 and "image name" in err[0], err
+    assert files_under(tmp_path) == before, files_under(tmp_path) - before
+
+
 def test_the_schema_refuses_what_merge_refuses(tmp_path: Path, good: Path) -> None:
     """Where the schema types a field, its own validator agrees with merge's (merge is stricter only
     where Python's JSON differs from JSON: bools, floats as integers, nesting, image names)."""
