@@ -185,7 +185,9 @@ def _validate_paths(options: argparse.Namespace, paths: list[str], passthrough: 
         raise _BadInput("give at least one pipeline folder, e.g. pytest-mps check fixtures/tiny-sd")
     for path in paths:
         try:
-            check_folder(Path(path).expanduser(), allow_pickle=options.allow_pickle, verify_safetensors=True)
+            check_folder(
+                Path(path).expanduser(), allow_pickle=options.allow_pickle, verify_safetensors=True, deep=True
+            )
         except PipelineLoadError as exc:
             hint = ""
             if passthrough and not Path(path).exists():

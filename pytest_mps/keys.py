@@ -10,6 +10,8 @@ import weakref
 from typing import Any
 
 __all__ = [
+    "BOOKKEEPING_CONFIG_KEYS",
+    "canonical_config",
     "inputs_fingerprint",
     "pipeline_fingerprint",
     "session_fingerprint",
@@ -96,8 +98,11 @@ def _jsonable(value: Any) -> Any:
         }
     if isinstance(value, list | tuple):
         return [_jsonable(v) for v in value]
+    if isinstance(value, set | frozenset):  # iteration order follows string hashes: differs per process
+        items = [_jsonable(v) for v in value]
+        return sorted(items, key=lambda v: json.dumps(v, sort_keys=True, default=repr))
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in sorted(value.items())}
+        return {str(k): _jsonable(v) for k, v in sorted(value.items(), key=lambda item: str(item[0]))}
     if value is None or isinstance(value, str | int | float | bool):
         return value
     if hasattr(value, "tolist"):
@@ -111,13 +116,48 @@ def inputs_fingerprint(inputs: dict[str, Any]) -> str:
     return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
 
 
+#: Config entries that record where and by what a component was saved or loaded, not how it computes:
+#: the loading path (differs per checkout or machine), the saving library's version (the running
+#: versions are part of a stored reference's key), the class name (recorded separately), and
+#: ``_use_default_values``, a list of the keys that took defaults, built from a set (its order differs
+#: between processes) and redundant with the values themselves. Other private keys stay in the key:
+#: leaving out one that changes the output would share a reference between different pipelines.
+BOOKKEEPING_CONFIG_KEYS = frozenset(
+    (
+        "_class_name",
+        "_diffusers_version",
+        "_name_or_path",
+        "_use_default_values",
+        "_ignore_files",
+        "_commit_hash",
+        "transformers_version",
+        "_attn_implementation_autoset",
+    )
+)
+
+
+def canonical_config(config: Any) -> Any:
+    """A component's config as canonical JSON-ready data: bookkeeping entries
+    (:data:`BOOKKEEPING_CONFIG_KEYS`) left out, mappings sorted by key, sets sorted; the same in every
+    process for the same pipeline, wherever it was loaded from."""
+    if hasattr(config, "to_dict"):
+        config = config.to_dict()
+    if not isinstance(config, dict):
+        return repr(config)
+    return _jsonable({k: v for k, v in dict(config).items() if str(k) not in BOOKKEEPING_CONFIG_KEYS})
+
+
 def _config_dict(component: Any) -> Any:
     config = getattr(component, "config", None)
     if config is None:
         return None
-    if hasattr(config, "to_dict"):
-        config = config.to_dict()
-    return _jsonable(dict(config)) if isinstance(config, dict) else repr(config)
+    out = canonical_config(config)
+    # Transformers keeps the attention implementation (eager, sdpa...) out of ``to_dict``; it changes
+    # the output's rounding, so it is part of the key.
+    attention = getattr(config, "_attn_implementation", None)
+    if isinstance(out, dict) and isinstance(attention, str):
+        out["_attn_implementation"] = attention
+    return out
 
 
 def behaviour_state(module: Any) -> list[Any]:

@@ -1,7 +1,9 @@
 """Loading pipelines safely, and sharing one load per session without sharing state between tests.
 
 Safety: weights load from safetensors only. A folder whose weights exist only as pickled ``.bin``
-files is refused unless the caller opts in, since unpickling runs arbitrary code.
+files is refused unless the caller opts in, since unpickling runs arbitrary code. The folder checks
+(:func:`check_folder`, :func:`check_structure`) live in :mod:`pytest_mps.pipeline_folder`; a load that
+fails raises :class:`PipelineLoadError` with one line that names the file at fault where they find it.
 """
 
 from __future__ import annotations
@@ -13,68 +15,31 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["PipelineCache", "PipelineLoadError", "check_folder", "load_pipeline", "prepare_pipeline"]
+from pytest_mps.pipeline_folder import (
+    PipelineLoadError,
+    _check_basics,
+    check_folder,
+    check_structure,
+    one_line,
+)
 
-_PICKLED_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+__all__ = [
+    "PipelineCache",
+    "PipelineLoadError",
+    "check_folder",
+    "check_structure",
+    "load_pipeline",
+    "prepare_pipeline",
+]
 
-
-class PipelineLoadError(ValueError):
-    """A pipeline source cannot be loaded; the message is one line: the cause and a fix hint."""
-
-
-def check_folder(path: Path, *, allow_pickle: bool, verify_safetensors: bool = False) -> None:
-    """Refuse, in one line, a folder that cannot be a safe pipeline: missing, a file, no
-    ``model_index.json``, weights only in pickled files (unless ``allow_pickle``), and, with
-    ``verify_safetensors``, a safetensors file whose header is corrupt or whose data is truncated."""
-    _check_folder(path, allow_pickle=allow_pickle)
-    if verify_safetensors:
-        from safetensors import safe_open
-
-        for weights in sorted(path.rglob("*.safetensors")):
-            try:
-                with safe_open(str(weights), framework="numpy") as handle:
-                    handle.keys()
-            except Exception as exc:
-                raise PipelineLoadError(
-                    f"{weights}: a safetensors file is corrupt or truncated ({_first_line(exc)}); "
-                    "re-save or re-download the pipeline"
-                ) from None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-def _check_folder(path: Path, *, allow_pickle: bool) -> None:
-    if not path.exists():
-        raise PipelineLoadError(f"pipeline folder {path} does not exist; check the path")
-    if not path.is_dir():
-        raise PipelineLoadError(
-            f"{path} is a file, not a pipeline folder; pass the folder holding model_index.json"
-        )
-    if not (path / "model_index.json").is_file():
-        raise PipelineLoadError(
-            f"{path} is not a Diffusers pipeline folder (no model_index.json); save one with "
-            "pipe.save_pretrained(folder)"
-        )
-    weights = [p for p in path.rglob("*") if p.is_file()]
-    safe = [p for p in weights if p.suffix == ".safetensors"]
-    pickled = [p for p in weights if p.suffix in _PICKLED_SUFFIXES]
-    if pickled and not allow_pickle:
-        components_with_only_pickle = sorted({p.parent.name for p in pickled} - {p.parent.name for p in safe})
-        if components_with_only_pickle:
-            raise PipelineLoadError(
-                f"{path}: weights of {', '.join(components_with_only_pickle)} exist only as pickled files "
-                f"({', '.join(sorted({p.name for p in pickled}))}); refusing to unpickle them "
-                "(it can run code). "
-                "Convert them to safetensors, or opt in: allow_pickle=True, pytest --mps-allow-pickle, or "
-                "pytest-mps check --allow-pickle"
-            )
+# The folder checks live in pipeline_folder; ``_check_folder`` is the name the suite's plugin imports.
+_check_folder = _check_basics
 
 
 def _describe_load_error(source: str, exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    """One line with the whole cause (Diffusers' shape mismatches name the tensor and both shapes on
+    their second line)."""
+    text = one_line(str(exc)) or type(exc).__name__
     lowered = text.lower()
     if "safetensor" in lowered or "header" in lowered or "deserializ" in lowered:
         return (
@@ -82,6 +47,17 @@ def _describe_load_error(source: str, exc: BaseException) -> str:
             "re-save or re-download the pipeline"
         )
     return f"{source}: could not load the pipeline ({type(exc).__name__}: {text})"
+
+
+def _diagnose(path: Path, exc: BaseException) -> None:
+    """After a failed load: raise the precise one-line error of :func:`check_structure` (the file, the
+    tensor and both shapes...) when it finds what is wrong with the folder."""
+    try:
+        check_structure(path)
+    except PipelineLoadError as precise:
+        raise precise from exc
+    except Exception:  # the diagnosis must never hide the load's own error
+        return
 
 
 def load_pipeline(source: Any, **kwargs: Any) -> Any:
@@ -150,6 +126,7 @@ def _load(
         try:
             return cls.from_pretrained(str(path), local_files_only=True, **kwargs)
         except Exception as exc:
+            _diagnose(path, exc)
             raise PipelineLoadError(_describe_load_error(str(path), exc)) from exc
     kwargs.setdefault("use_safetensors", not allow_pickle)
     try:

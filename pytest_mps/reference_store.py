@@ -6,16 +6,33 @@ key covers everything that changes the CPU output:
 
 - the pipeline's class, component configs and a hash of its weights (``ReferenceKey.pipeline``),
 - the call inputs and seeds (``ReferenceKey.inputs``), the dtype and the output type,
-- the torch and Diffusers versions (the public version: ``2.13.0+cpu`` and ``2.13.0`` are one
-  version, since the local label names the accelerator build, not the CPU kernels).
+- the torch, Diffusers and Transformers versions (the public version: ``2.13.0+cpu`` and ``2.13.0``
+  are one version, since the local label names the accelerator build, not the CPU kernels).
 
 The machine's platform is recorded in the header for information but is not part of the key, so
 references computed on one machine can be committed and used on another (the parity tolerances absorb
 CPU-architecture rounding).
 
-A file that fails to parse, has another key or fails its checksum is reported (a
-:class:`CorruptReferenceWarning` and a line in the session summary), ignored and recomputed: never
-trusted, never a pass. Writes are atomic (:func:`pytest_mps.reports.atomic.atomic_write`).
+File names are for people reviewing a committed folder: the pipeline's label, the check that wrote it,
+the dtype and a short hash of the key (``tiny-sd.cpu_parity.float32.3f9a2c1d4e5f.safetensors``). The
+hash alone identifies the file: a reference written by one check is found by another check of the same
+key, whatever name it was written under.
+
+What is trusted, replaced or kept:
+
+- a file whose content fails verification (it does not parse, its size differs from what its header
+  declares, its key or checksum does not match) is reported (:class:`CorruptReferenceWarning`),
+  removed and recomputed: never trusted, never a pass. It is removed only if it is still the file that
+  failed (a writer may have replaced it meanwhile: that file is left alone).
+- a file that cannot be read (permission denied, too many open files, an I/O error) or is not a regular
+  file (a FIFO, socket, device or folder at a reference's name, never opened for a blocking read) is
+  reported (:class:`UnreadableReferenceWarning`) and kept: the session computes the reference without
+  it and does not overwrite it.
+- reads are bounded: the 8-byte length, the header, then exactly the data size the header declares, and
+  only when the file's size is what the header says (a file padded to gigabytes is refused unread).
+
+Writes are atomic (:func:`pytest_mps.reports.atomic.atomic_write`), so concurrent writers (pytest-xdist
+workers, two sessions on one folder) leave one whole file, never half of one.
 
 This module imports numpy and safetensors only when a reference is read or written.
 """
@@ -26,17 +43,20 @@ import contextlib
 import hashlib
 import importlib.metadata
 import json
+import os
 import platform
 import re
+import stat
 import sys
 import threading
+import uuid
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pytest_mps.reports.atomic import TEMP_PREFIX, atomic_write
+from pytest_mps.reports.atomic import TEMP_PREFIX, TEMP_SUFFIX, atomic_write
 from pytest_mps.warnings import PytestMPSWarning
 
 if TYPE_CHECKING:
@@ -50,10 +70,14 @@ __all__ = [
     "CorruptReferenceWarning",
     "ReferenceStore",
     "ReferenceStoreWarning",
+    "UnreadableReferenceWarning",
     "entry_metadata",
+    "entry_name",
     "file_key",
+    "key_digest",
     "library_versions",
     "stored_entries",
+    "summary_line",
     "verify_entry",
 ]
 
@@ -61,9 +85,11 @@ __all__ = [
 FORMAT = "pytest-mps-reference/1"
 SUFFIX = ".safetensors"
 _TENSOR = "output"
-_KEY_FIELDS = ("pipeline", "inputs", "dtype", "output_type", "torch", "diffusers")
+_LIBRARIES = ("torch", "diffusers", "transformers")
+_KEY_FIELDS = ("pipeline", "inputs", "dtype", "output_type", *_LIBRARIES)
 _MAX_HEADER = 1 << 20  # our headers are a few hundred bytes; refuse absurd sizes before parsing
 _FLOAT_DTYPES = ("float16", "float32", "float64")
+_DIGEST_BYTES = 6  # 12 hex digits: collisions are caught by the key check inside the file anyway
 
 
 class ReferenceStoreWarning(PytestMPSWarning):
@@ -71,12 +97,21 @@ class ReferenceStoreWarning(PytestMPSWarning):
 
 
 class CorruptReferenceWarning(ReferenceStoreWarning):
-    """A stored reference failed its checks (unreadable, truncated, checksum or key mismatch); it was
-    ignored and recomputed."""
+    """A stored reference failed verification (truncated, padded, checksum or key mismatch); it was
+    ignored, removed and recomputed."""
+
+
+class UnreadableReferenceWarning(ReferenceStoreWarning):
+    """A stored reference could not be read (permissions, too many open files, I/O error, not a regular
+    file); it was kept as it is and the reference computed without it."""
 
 
 class _Corrupt(Exception):
-    """Why a file cannot be trusted (internal)."""
+    """The content fails verification: the file is replaced (internal)."""
+
+
+class _Unreadable(Exception):
+    """The file cannot be read, whatever it holds: the file is kept (internal)."""
 
 
 def _public_version(text: str | None) -> str:
@@ -86,9 +121,10 @@ def _public_version(text: str | None) -> str:
 
 
 def library_versions() -> dict[str, str]:
-    """The torch and Diffusers versions that are part of every reference key (public versions)."""
+    """The torch, Diffusers and Transformers versions that are part of every reference key (public
+    versions; ``missing`` for a library that is not installed)."""
     out = {}
-    for name in ("torch", "diffusers"):
+    for name in _LIBRARIES:
         module = sys.modules.get(name)
         version = getattr(module, "__version__", None) if module is not None else None
         if version is None:
@@ -101,21 +137,35 @@ def library_versions() -> dict[str, str]:
 
 
 def file_key(key: ReferenceKey, versions: Mapping[str, str]) -> dict[str, str]:
-    """Every field that decides a stored reference: the in-memory key plus the library versions."""
+    """Every field that decides a stored reference: the in-memory key plus the library versions (the
+    descriptive ``label`` and ``check`` are not part of it)."""
     return {
         "pipeline": key.pipeline,
         "inputs": key.inputs,
         "dtype": key.dtype,
         "output_type": key.output_type,
-        "torch": versions["torch"],
-        "diffusers": versions["diffusers"],
+        **{name: versions.get(name, "missing") for name in _LIBRARIES},
     }
 
 
-def _entry_name(key: ReferenceKey, fields: Mapping[str, str]) -> str:
-    digest = hashlib.blake2b(json.dumps(dict(fields), sort_keys=True).encode(), digest_size=8).hexdigest()
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", key.slug())[:80]
-    return f"{slug}-{digest}{SUFFIX}"
+def key_digest(fields: Mapping[str, str]) -> str:
+    """The short hash of a file key that ends every reference file's name."""
+    text = json.dumps(dict(fields), sort_keys=True)
+    return hashlib.blake2b(text.encode(), digest_size=_DIGEST_BYTES).hexdigest()
+
+
+def _part(text: str, limit: int = 40) -> str:
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", text).strip("_")[:limit]
+
+
+def entry_name(key: ReferenceKey, fields: Mapping[str, str]) -> str:
+    """The file name a new reference for ``key`` is written under: ``label.check.dtype.HASH`` (today's
+    slug when the key carries no label or check), always ending with ``.HASH.safetensors``."""
+    if key.label or key.check:
+        parts = [_part(key.label) or "pipeline", _part(key.check) or "reference", _part(key.dtype)]
+    else:
+        parts = [_part(key.slug(), 80)]
+    return ".".join([*parts, key_digest(fields)]) + SUFFIX
 
 
 def _checksum(metadata: Mapping[str, str], payload: bytes) -> str:
@@ -124,65 +174,108 @@ def _checksum(metadata: Mapping[str, str], payload: bytes) -> str:
     return hashlib.sha256(head + b"\0" + payload).hexdigest()
 
 
-def _header(data: bytes) -> dict[str, Any]:
-    """The JSON header of a safetensors file, parsed by hand (no library involved)."""
-    if len(data) < 8:
-        raise _Corrupt(f"truncated: {len(data)} bytes, shorter than a safetensors header")
-    size = int.from_bytes(data[:8], "little")
+# --- bounded, non-blocking reads ---------------------------------------------------------------------
+
+
+def _kind(mode: int) -> str:
+    for test, name in (
+        (stat.S_ISDIR, "a folder"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    ):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def _open_regular(path: Path) -> tuple[int, os.stat_result]:
+    """An open descriptor on ``path`` and its status, only for a regular file. The type is checked with
+    ``stat`` before opening, and the open never blocks (``O_NONBLOCK``: a FIFO swapped in meanwhile is
+    caught by ``fstat``). Raises FileNotFoundError, :class:`_Unreadable` or OSError."""
+    info = os.stat(path)
+    if not stat.S_ISREG(info.st_mode):
+        raise _Unreadable(f"{_kind(info.st_mode)}, not a regular file")
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    fd = os.open(path, flags | getattr(os, "O_CLOEXEC", 0))
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise _Unreadable(f"{_kind(info.st_mode)}, not a regular file")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, info
+
+
+def _read_exact(fd: int, size: int) -> bytes:
+    chunks = []
+    while size > 0:
+        chunk = os.read(fd, min(size, 1 << 24))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size -= len(chunk)
+    return b"".join(chunks)
+
+
+def _read_header(fd: int, file_size: int) -> tuple[bytes, dict[str, Any], int]:
+    """The raw head (length + JSON), the parsed header and the declared data size; the file must be
+    exactly as long as its header says. Raises :class:`_Corrupt` (OSError for a failed read)."""
+    if file_size < 8:
+        raise _Corrupt(f"truncated: {file_size} bytes, shorter than a safetensors header")
+    length = _read_exact(fd, 8)
+    size = int.from_bytes(length, "little")
     if size > _MAX_HEADER:
         raise _Corrupt(f"header size {size} is not plausible")
-    if 8 + size > len(data):
-        raise _Corrupt(f"truncated: header needs {8 + size} bytes, the file has {len(data)}")
+    if 8 + size > file_size:
+        raise _Corrupt(f"truncated: header needs {8 + size} bytes, the file has {file_size}")
+    raw = _read_exact(fd, size)
+    if len(raw) < size:
+        raise _Corrupt("truncated while reading the header")
     try:
-        header = json.loads(data[8 : 8 + size].decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise _Corrupt(f"unreadable header ({type(exc).__name__})") from None
     if not isinstance(header, dict) or not isinstance(header.get("__metadata__"), dict):
         raise _Corrupt("not a pytest-mps reference (no metadata)")
-    return header
+    end = 0
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+        if (
+            not isinstance(offsets, list)
+            or len(offsets) != 2
+            or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
+            or not 0 <= offsets[0] <= offsets[1]
+        ):
+            raise _Corrupt(f"tensor {str(name)[:40]!r} has no valid data_offsets")
+        end = max(end, offsets[1])
+    declared = 8 + size + end
+    if declared != file_size:
+        state = "truncated" if file_size < declared else "padded"
+        raise _Corrupt(f"{state}: the file has {file_size} bytes, its header declares {declared}")
+    return length + raw, header, end
 
 
-def entry_metadata(path: str | Path) -> dict[str, str] | None:
-    """The metadata of a stored reference (reads the header only), or None if it is not readable."""
-    try:
-        with open(path, "rb") as handle:
-            head = handle.read(8)
-            size = int.from_bytes(head, "little") if len(head) == 8 else -1
-            if size < 0 or size > _MAX_HEADER:
-                return None
-            metadata = _header(head + handle.read(size))["__metadata__"]
-    except (OSError, _Corrupt):
-        return None
-    return metadata if metadata.get("format") == FORMAT else None
+def _read_entry(fd: int, file_size: int) -> tuple[bytes, dict[str, Any]]:
+    """The whole file (bounded by its header) and its parsed header."""
+    head, header, data_size = _read_header(fd, file_size)
+    data = _read_exact(fd, data_size)
+    if len(data) < data_size:
+        raise _Corrupt("truncated while reading the data")
+    return head + data, header
 
 
-def verify_entry(path: str | Path) -> str | None:
-    """Why the reference file at ``path`` cannot be trusted (checked against its own key fields), or
-    None when it is whole."""
-    try:
-        data = Path(path).read_bytes()
-        metadata = _header(data)["__metadata__"]
-        _decode(data, {name: metadata.get(name) for name in _KEY_FIELDS})
-    except _Corrupt as exc:
-        return str(exc)
-    except Exception as exc:
-        return f"unreadable ({type(exc).__name__})"
-    return None
-
-
-def stored_entries(folder: str | Path) -> list[Path]:
-    """The reference files in ``folder`` (temporary files of writes in progress excluded)."""
-    root = Path(folder)
-    if not root.is_dir():
-        return []
-    return sorted(p for p in root.glob(f"*{SUFFIX}") if not p.name.startswith(TEMP_PREFIX) and p.is_file())
-
-
-def _decode(data: bytes, expected: Mapping[str, str]) -> tuple[np.ndarray, dict[str, str]]:
+def _decode(
+    data: bytes, header: Mapping[str, Any], expected: Mapping[str, str]
+) -> tuple[np.ndarray, dict[str, str]]:
     """The verified array and metadata of a reference file's bytes; raises :class:`_Corrupt`."""
     import numpy as np
 
-    metadata = _header(data)["__metadata__"]
+    metadata = header["__metadata__"]
     if metadata.get("format") != FORMAT:
         raise _Corrupt(f"unknown format {str(metadata.get('format'))[:40]!r}")
     for name in _KEY_FIELDS:
@@ -197,14 +290,88 @@ def _decode(data: bytes, expected: Mapping[str, str]) -> tuple[np.ndarray, dict[
     array = tensors.get(_TENSOR)
     if array is None or set(tensors) != {_TENSOR}:
         raise _Corrupt("unexpected tensors in the file")
-    if str(array.dtype) != metadata.get("array_dtype") or list(array.shape) != json.loads(
-        metadata.get("shape", "null")
-    ):
+    try:
+        shape = json.loads(metadata.get("shape", "null"))
+        float(metadata.get("seconds", "0"))
+    except (TypeError, ValueError):
+        raise _Corrupt("unreadable shape or timing in the metadata") from None
+    if str(array.dtype) != metadata.get("array_dtype") or list(array.shape) != shape:
         raise _Corrupt("array dtype or shape differs from the metadata")
     array = np.ascontiguousarray(array)
     if _checksum(metadata, array.tobytes()) != metadata.get("checksum"):
         raise _Corrupt("checksum mismatch")
     return array, metadata
+
+
+def entry_metadata(path: str | Path) -> dict[str, str] | None:
+    """The metadata of a stored reference (reads the header only), or None if it is not readable."""
+    try:
+        fd, info = _open_regular(Path(path))
+    except (OSError, _Unreadable):
+        return None
+    try:
+        metadata = _read_header(fd, info.st_size)[1]["__metadata__"]
+    except (OSError, _Corrupt):
+        return None
+    finally:
+        os.close(fd)
+    return metadata if metadata.get("format") == FORMAT else None
+
+
+def verify_entry(path: str | Path) -> str | None:
+    """Why the reference file at ``path`` cannot be trusted (checked against its own key fields), or
+    None when it is whole."""
+    try:
+        fd, info = _open_regular(Path(path))
+    except _Unreadable as exc:
+        return f"unreadable ({exc})"
+    except OSError as exc:
+        return f"unreadable ({type(exc).__name__}: {exc.strerror})"
+    try:
+        data, header = _read_entry(fd, info.st_size)
+        metadata = header["__metadata__"]
+        _decode(data, header, {name: metadata.get(name) for name in _KEY_FIELDS})
+    except _Corrupt as exc:
+        return str(exc)
+    except Exception as exc:
+        return f"unreadable ({type(exc).__name__})"
+    finally:
+        os.close(fd)
+    return None
+
+
+def stored_entries(folder: str | Path) -> list[Path]:
+    """The reference files in ``folder`` (temporary files of writes in progress excluded)."""
+    root = Path(folder)
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.glob(f"*{SUFFIX}") if not p.name.startswith(TEMP_PREFIX) and p.is_file())
+
+
+def summary_line(stats: Iterable[Mapping[str, Any]], unused: int | None = None) -> str | None:
+    """One line for the session summary from :meth:`ReferenceStore.stats` dictionaries (the session's
+    own and its pytest-xdist workers'): ``references: N loaded, M written, K rewritten, U unused``, plus
+    the problems when there are any. ``unused``: known only at the end of a full run (None: not
+    listed). None when the store did nothing and nothing is unused."""
+    stats = list(stats)
+    loaded = sum(int(s.get("loaded", 0)) for s in stats)
+    saved = sum(int(s.get("saved", 0)) for s in stats)
+    rewritten = sum(int(s.get("rewritten", 0)) for s in stats)
+    problems = [
+        (sum(len(s.get(name) or ()) for s in stats), label)
+        for name, label in (
+            ("corrupted", "corrupt replaced"),
+            ("unreadable", "unreadable kept"),
+            ("write_errors", "not stored"),
+        )
+    ]
+    if not (loaded or saved or unused or any(count for count, _ in problems)):
+        return None
+    parts = [f"{loaded} loaded", f"{saved - rewritten} written", f"{rewritten} rewritten"]
+    if unused is not None:
+        parts.append(f"{unused} unused")
+    extra = [f"{count} {label}" for count, label in problems if count]
+    return "references: " + ", ".join(parts) + (f" ({', '.join(extra)})" if extra else "")
 
 
 class ReferenceStore:
@@ -215,7 +382,8 @@ class ReferenceStore:
         folder: where the files live (created on first write).
         update: ``--mps-update-references``: ignore what is stored, recompute and rewrite.
         versions: returns the library versions of the key (default :func:`library_versions`).
-        warn: emit warnings for corrupted entries and failed writes (the plugin always does).
+        warn: emit warnings for corrupted or unreadable entries and failed writes (the plugin always
+            does).
     """
 
     def __init__(
@@ -237,7 +405,9 @@ class ReferenceStore:
         self.saved = 0
         self.rewritten = 0
         self.corrupted: list[dict[str, str]] = []
+        self.unreadable: list[dict[str, str]] = []
         self.write_errors: list[dict[str, str]] = []
+        self._kept: set[str] = set()  # unreadable files: never overwritten by this session
         self._lock = threading.Lock()
 
     def versions(self) -> dict[str, str]:
@@ -252,53 +422,90 @@ class ReferenceStore:
             self._folder = Path(self._folder())
         return self._folder
 
+    def _find(self, key: ReferenceKey, fields: Mapping[str, str]) -> Path | None:
+        """The file of this key: under the name this key would write (one ``stat``, no descriptor),
+        else any file whose name ends with ``.HASH.safetensors``, whatever label and check it was
+        written under (the first by name if two sessions wrote it under two names)."""
+        own = self.folder / entry_name(key, fields)
+        if os.path.lexists(own):
+            return own
+        ending = f".{key_digest(fields)}{SUFFIX}"
+        try:
+            with os.scandir(self.folder) as entries:
+                names = sorted(
+                    e.name for e in entries if e.name.endswith(ending) and not e.name.startswith(TEMP_PREFIX)
+                )
+        except OSError:  # no folder yet (or one we cannot list: the write will say so)
+            return None
+        return self.folder / names[0] if names else None
+
     def path_for(self, key: ReferenceKey) -> Path:
         """The file that holds (or would hold) the reference for ``key`` with today's versions."""
-        return self.folder / _entry_name(key, file_key(key, self.versions()))
+        fields = file_key(key, self.versions())
+        return self._find(key, fields) or self.folder / entry_name(key, fields)
 
     def load(self, key: ReferenceKey) -> Run | None:
-        """The stored reference for ``key``, or None when there is none, it cannot be trusted, or the
-        session rewrites references. A corrupted file is reported and removed (recomputed, then saved)."""
+        """The stored reference for ``key``, or None when there is none, it cannot be trusted or read,
+        or the session rewrites references. A file that fails verification is reported and removed (then
+        recomputed and saved); one that cannot be read is reported and kept."""
         from pytest_mps.running import Run
 
         if self.update:
             return None
         fields = file_key(key, self.versions())
-        path = self.folder / _entry_name(key, fields)
+        path = self._find(key, fields)
+        if path is None:
+            return None
         try:
-            data = path.read_bytes()
-        except FileNotFoundError:
+            fd, info = _open_regular(path)
+        except FileNotFoundError:  # removed since the listing: a miss
+            return None
+        except _Unreadable as exc:
+            self._report_unreadable(path, str(exc))
             return None
         except OSError as exc:
-            self._report_corrupt(path, f"unreadable ({type(exc).__name__}: {exc})")
+            self._report_unreadable(path, f"{type(exc).__name__}: {exc.strerror or exc}")
             return None
         try:
-            array, metadata = _decode(data, fields)
-            seconds = float(metadata.get("seconds", "0"))
+            data, header = _read_entry(fd, info.st_size)
+            array, metadata = _decode(data, header, fields)
         except _Corrupt as exc:
+            self._discard(path, (info.st_dev, info.st_ino))  # while the descriptor pins the inode
             self._report_corrupt(path, str(exc))
             return None
-        except Exception as exc:  # anything unexpected in a file is a reason to distrust it, not to crash
+        except (OSError, MemoryError) as exc:
+            self._report_unreadable(path, f"{type(exc).__name__}: {getattr(exc, 'strerror', None) or exc}")
+            return None
+        except Exception as exc:  # anything else in a file is a reason to distrust it, not to crash
+            self._discard(path, (info.st_dev, info.st_ino))
             self._report_corrupt(path, f"unreadable ({type(exc).__name__})")
             return None
+        finally:
+            os.close(fd)
         with self._lock:
             self.loaded += 1
             self.used.add(path.name)
-        return Run(array, seconds, metadata.get("run_dtype", str(array.dtype)))
+        return Run(array, float(metadata.get("seconds", "0")), metadata.get("run_dtype", str(array.dtype)))
 
     def save(self, key: ReferenceKey, run: Run) -> None:
-        """Store ``run`` for ``key`` (atomically). A failed write is a warning, never a test failure."""
+        """Store ``run`` for ``key`` (atomically). A failed write is a warning, never a test failure. A
+        file this session found unreadable is left as it is."""
         import numpy as np
         from safetensors.numpy import save
 
         fields = file_key(key, self.versions())
-        path = self.folder / _entry_name(key, fields)
+        existing = self._find(key, fields)
+        if existing is not None and existing.name in self._kept:
+            return
+        path = existing or self.folder / entry_name(key, fields)
         array = np.ascontiguousarray(run.array)
         if str(array.dtype) not in _FLOAT_DTYPES:
             array = array.astype(np.float32)
         metadata = {
             "format": FORMAT,
             **fields,
+            "label": key.label,
+            "check": key.check,
             "run_dtype": str(run.dtype),
             "seconds": repr(float(run.seconds)),
             "array_dtype": str(array.dtype),
@@ -309,7 +516,6 @@ class ReferenceStore:
             "torch_full": str(getattr(sys.modules.get("torch"), "__version__", "")),
         }
         metadata["checksum"] = _checksum(metadata, array.tobytes())
-        existed = path.exists()
         try:
             atomic_write(path, save({_TENSOR: array}, metadata=metadata))
         except OSError as exc:
@@ -322,14 +528,37 @@ class ReferenceStore:
             return
         with self._lock:
             self.saved += 1
-            self.rewritten += int(existed and self.update)
+            self.rewritten += int(existing is not None)
             self.used.add(path.name)
 
+    def _discard(self, path: Path, identity: tuple[int, int]) -> None:
+        """Remove the file at ``path`` only if it is still the one that failed verification. It is
+        moved aside first (atomically); if what was moved is another file (a writer replaced the bad
+        one meanwhile), it is put back, unless an even newer file is already there."""
+        aside = path.with_name(f"{TEMP_PREFIX}{uuid.uuid4().hex}{TEMP_SUFFIX}")
+        try:
+            os.rename(path, aside)
+        except OSError:  # gone already, or not ours to move: the next write replaces it
+            return
+        try:
+            moved = os.stat(aside)
+            if (moved.st_dev, moved.st_ino) != identity:
+                try:
+                    os.link(aside, path)  # never replaces: a newer file at ``path`` wins
+                except FileExistsError:
+                    pass
+                except OSError:  # no hard links on this file system
+                    if not os.path.lexists(path):
+                        os.replace(aside, path)
+                        return
+            os.unlink(aside)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.unlink(aside)
+
     def _report_corrupt(self, path: Path, problem: str) -> None:
-        # Removed before warning: where warnings are errors the test fails now, and the next run
-        # recomputes the reference instead of failing on the same file again.
-        with contextlib.suppress(OSError):
-            path.unlink()
+        # Removed before warning (_discard): where warnings are errors the test fails now, and the next
+        # run recomputes the reference instead of failing on the same file again.
         with self._lock:
             self.corrupted.append({"file": str(path), "problem": problem})
         if self.warn:
@@ -337,6 +566,19 @@ class ReferenceStore:
                 CorruptReferenceWarning(
                     f"stored CPU reference {path.name} is not trusted ({problem}); it is recomputed and "
                     "rewritten"
+                ),
+                stacklevel=3,
+            )
+
+    def _report_unreadable(self, path: Path, problem: str) -> None:
+        with self._lock:
+            self.unreadable.append({"file": str(path), "problem": problem})
+            self._kept.add(path.name)
+        if self.warn:
+            warnings.warn(
+                UnreadableReferenceWarning(
+                    f"stored CPU reference {path.name} could not be read ({problem}); it is kept as it is "
+                    "and the reference is computed without it"
                 ),
                 stacklevel=3,
             )
@@ -353,5 +595,14 @@ class ReferenceStore:
                 "rewritten": self.rewritten,
                 "used": sorted(self.used),
                 "corrupted": list(self.corrupted),
+                "unreadable": list(self.unreadable),
                 "write_errors": list(self.write_errors),
             }
+
+    def summary_line(
+        self, unused: int | None = None, *, others: Iterable[Mapping[str, Any]] = ()
+    ) -> str | None:
+        """``references: N loaded, M written, K rewritten, U unused`` for this store plus ``others``
+        (pytest-xdist workers' :meth:`stats`); None when nothing was loaded, written, found broken or
+        unused. ``unused``: the count of unused references, known only at the end of a full run."""
+        return summary_line([self.stats(), *others], unused)

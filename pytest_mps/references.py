@@ -7,7 +7,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -19,12 +19,18 @@ __all__ = ["ReferenceCache", "ReferenceKey", "shared_cache"]
 @dataclass(frozen=True)
 class ReferenceKey:
     """What decides a CPU reference: the pipeline (class, configs, weights), the inputs, the dtype
-    the reference ran in, and the output type."""
+    the reference ran in, and the output type.
+
+    ``label`` (where the pipeline came from, e.g. ``tiny-sd``) and ``check`` (the check that asked, e.g.
+    ``cpu_parity``) only describe the reference: they name its file on disk for people reviewing a
+    folder, and are not part of its identity (two checks asking for the same reference share it)."""
 
     pipeline: str
     inputs: str
     dtype: str
     output_type: str = "np"
+    label: str = field(default="", compare=False)
+    check: str = field(default="", compare=False)
 
     def slug(self) -> str:
         """A file-name-safe identifier."""

@@ -171,3 +171,47 @@ def test_usage_errors(tmp_path: Path, shards: tuple[Path, Path], capsys: pytest.
     assert "given twice" in capsys.readouterr().err
     assert main([]) == 2  # argparse: REPORT.json is required
     assert main(["--help"]) == 0
+
+
+def _schema_keywords(node: object, found: set[str]) -> set[str]:
+    """Every keyword used in a JSON Schema (names under properties and $defs are not keywords)."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            found.add(key)
+            if key in ("properties", "$defs"):
+                for sub in value.values():
+                    _schema_keywords(sub, found)
+            elif key in ("items", "additionalProperties"):
+                _schema_keywords(value, found)
+    return found
+
+
+def test_the_hand_validator_interprets_every_keyword_of_the_schema(monkeypatch: pytest.MonkeyPatch) -> None:
+    """merge validates with schema.json itself, interpreted by hand (no jsonschema at run time): a
+    keyword added to the schema that the interpreter does not know fails here and at run time, never
+    silently."""
+    from pytest_mps.reports import validate
+
+    used = _schema_keywords(SCHEMA, set())
+    assert used <= validate._KEYWORDS | validate._ANNOTATIONS, (
+        used - validate._KEYWORDS - validate._ANNOTATIONS
+    )
+    assert {"type", "const", "enum", "required", "additionalProperties", "minimum", "$ref"} <= used
+    monkeypatch.setattr(validate, "schema", lambda: {**SCHEMA, "properties": {**SCHEMA["properties"],
+                        "generator": {"type": "string", "pattern": "^pytest-mps"}}})  # fmt: skip
+    with pytest.raises(validate.SchemaKeywordError, match="pattern"):
+        validate.validate_report(json.loads(json.dumps(report_of(result()))))
+
+
+def test_merge_needs_no_jsonschema_at_run_time(tmp_path: Path, shards: tuple[Path, Path]) -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['jsonschema'] = None\n"
+        "from pytest_mps.merge import main\n"
+        f"raise SystemExit(main([{str(shards[0])!r}, '--json', {str(tmp_path / 'r.json')!r}]))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    jsonschema.validate(json.loads((tmp_path / "r.json").read_text()), SCHEMA)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import subprocess
 import sys
 import textwrap
@@ -22,6 +23,7 @@ from pytest_mps.reference_store import (
     entry_metadata,
     file_key,
     stored_entries,
+    verify_entry,
 )
 from pytest_mps.references import ReferenceCache, ReferenceKey
 from pytest_mps.reports.atomic import TEMP_PREFIX, atomic_write, remove_stale_temporaries
@@ -460,7 +462,7 @@ def test_update_references_rewrites_and_still_reports_outcomes(project: pytest.P
     # hook is never shared with a pipeline without it). Both are recomputed; the stored one rewritten.
     assert sorted(origins(report)) == ["computed", "computed"]
     assert report["sources"][0]["references"]["rewritten"] == 1
-    result.stdout.fnmatch_lines(["*1 rewritten by --mps-update-references*"])
+    result.stdout.fnmatch_lines(["references: *1 rewritten*; --mps-update-references recomputed every one used"])
 
 
 def test_default_store_is_pytest_cache_and_memory_without_it(project: pytest.Pytester) -> None:
@@ -519,3 +521,75 @@ def test_references_path_that_is_a_file_is_a_usage_error(pytester: pytest.Pytest
     result = pytester.runpytest("--mps-references", "refs")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["ERROR: --mps-references *refs: this is a file, not a folder*"])
+
+
+# --- readable names, identity by hash, the summary line -------------------------------------------------
+
+
+def labelled(label: str = "tiny-sd", check: str = "cpu_parity") -> ReferenceKey:
+    return ReferenceKey(KEY.pipeline, KEY.inputs, KEY.dtype, KEY.output_type, label=label, check=check)
+
+
+def test_file_names_say_pipeline_check_dtype_and_a_short_hash(tmp_path: Path) -> None:
+    store = store_at(tmp_path)
+    store.save(labelled(), small_run())
+    (entry,) = stored_entries(tmp_path)
+    assert re.fullmatch(r"tiny-sd\.cpu_parity\.float32\.[0-9a-f]{12}\.safetensors", entry.name), entry.name
+    meta = entry_metadata(entry)
+    assert meta is not None and meta["label"] == "tiny-sd" and meta["check"] == "cpu_parity"
+    store.save(KEY, small_run())  # no label or check: today's slug, same hash, so the same file
+    assert stored_entries(tmp_path) == [entry]
+
+
+def test_label_and_check_describe_but_do_not_identify(tmp_path: Path) -> None:
+    """A reference written by one check (or under one label) is found by another asking for the same
+    key: the name is for people, the hash for the store."""
+    other = labelled("copy", "float16")
+    assert other == labelled() and hash(other) == hash(labelled())
+    store_at(tmp_path).save(labelled(), small_run())
+    reader = store_at(tmp_path)
+    run = reader.load(other)
+    assert run is not None and reader.used == {stored_entries(tmp_path)[0].name}
+    reader.save(other, small_run(1))  # a rewrite goes to the existing file, not a second one
+    assert len(stored_entries(tmp_path)) == 1
+
+
+def test_labels_never_reach_a_path(tmp_path: Path) -> None:
+    evil = ReferenceKey(KEY.pipeline, KEY.inputs, KEY.dtype, label="../../outside", check="a/b\\c:d")
+    store = store_at(tmp_path / "refs")
+    store.save(evil, small_run())
+    (entry,) = stored_entries(tmp_path / "refs")
+    assert "/" not in entry.name and "\\" not in entry.name and ".." not in entry.name
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == [entry]
+
+
+def test_old_named_files_are_not_read(tmp_path: Path) -> None:
+    """Names before readable names (``slug-<16 hex>.safetensors``) are not looked up: every key changed
+    with canonical configs anyway, so they are listed as unused at the end of a full run instead."""
+    store = store_at(tmp_path)
+    store.save(KEY, small_run())
+    (entry,) = stored_entries(tmp_path)
+    old = entry.rename(tmp_path / f"{KEY.slug()}-0123456789abcdef.safetensors")
+    assert store_at(tmp_path).load(KEY) is None
+    assert old.exists() and verify_entry(old) is None
+
+
+def test_summary_line_counts_what_the_store_did(tmp_path: Path) -> None:
+    store = store_at(tmp_path)
+    assert store.summary_line() is None  # nothing done: nothing to say
+    assert store.summary_line(unused=2) == "references: 0 loaded, 0 written, 0 rewritten, 2 unused"
+    other = ReferenceKey("c" * 32, KEY.inputs, KEY.dtype)
+    store.save(KEY, small_run())
+    store.save(other, small_run())
+    assert store.load(KEY) is not None
+    assert store.summary_line(unused=0) == "references: 1 loaded, 2 written, 0 rewritten, 0 unused"
+    assert store.summary_line() == "references: 1 loaded, 2 written, 0 rewritten"  # unused not known
+
+    updating = ReferenceStore(tmp_path, update=True, versions=lambda: VERSIONS, warn=False)
+    updating.save(KEY, small_run(1))
+    damaged = store.path_for(other)
+    damaged.write_bytes(damaged.read_bytes()[:-4])
+    worker = store_at(tmp_path)
+    assert worker.load(other) is None
+    line = updating.summary_line(unused=1, others=[worker.stats(), store.stats()])
+    assert line == "references: 1 loaded, 2 written, 1 rewritten, 1 unused (1 corrupt replaced)"

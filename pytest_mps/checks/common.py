@@ -172,6 +172,8 @@ def cpu_reference(
         inputs=inputs_fingerprint(inputs),
         dtype=_dtype_name(run_dtype),
         output_type=str(inputs.get("output_type", "default")),
+        label=pipeline_label(pipe),
+        check=check,
     )
     convert = dtype if dtype is not None and first is not None and first.dtype != dtype else None
 

@@ -141,36 +141,42 @@ def reference_summary(config: pytest.Config) -> dict[str, Any]:
         "rewritten": sum(s["rewritten"] for s in stats),
         "corrupted": [c for s in stats for c in s["corrupted"]],
         "write_errors": [c for s in stats for c in s.get("write_errors", [])],
+        "unreadable": [c for s in stats for c in s.get("unreadable", [])],
         "unused": None if setup.unused is None else [path for path, _ in setup.unused],
     }
 
 
 def reference_lines(config: pytest.Config, *, verbose: bool) -> list[str]:
-    """The terminal lines about references: one summary line whenever references were used, then
-    problems and unused files."""
+    """The terminal lines about references: one summary line in every run that used references (or
+    was asked to rewrite them), then problems and unused files."""
+    from pytest_mps.plugin.reports import collector_of
+    from pytest_mps.reference_store import summary_line
+
     setup = reference_setup(config)
     if setup.mode == "memory":
         return []
     summary = reference_summary(config)
+    stats = ([setup.store.stats()] if setup.store is not None else []) + setup.worker_stats
+    where = summary["folder"] or "pytest's cache folder"
     lines = []
-    unused = len(setup.unused or ())
-    if summary["loaded"] or summary["saved"] or verbose or summary["update"]:
-        where = summary["folder"] or "pytest's cache folder"
-        counts = (
-            f"{summary['loaded']} loaded, {summary['saved'] - summary['rewritten']} written, "
-            f"{summary['rewritten']} rewritten"
-            + (" by --mps-update-references" if summary["update"] else "")
-            + (f", {unused} unused" if setup.unused is not None else "")
-        )
-        if summary["update"] and not (summary["loaded"] or summary["saved"]):
-            counts += " (no test used a reference: nothing to rewrite)"
-        lines.append(f"references: {counts} ({where})")
+    line = summary_line(stats, None if setup.unused is None else len(setup.unused))
+    if line is not None:
+        update = "; --mps-update-references recomputed every one used" if summary["update"] else ""
+        lines.append(f"{line} ({where}){update}")
+    elif summary["update"]:
+        skipped = len(collector_of(config).skipped)
+        why = f"{skipped} tests skipped (no target?)" if skipped else "no test ran a check that needs one"
+        lines.append(f"references: --mps-update-references rewrote nothing: no CPU reference was used ({why})")
+    elif verbose:
+        lines.append(f"references: none used ({where})")
     for entry in summary["corrupted"]:
         lines.append(f"corrupted reference recomputed and rewritten: {entry['file']} ({entry['problem']})")
+    for entry in summary["unreadable"]:
+        lines.append(f"unreadable reference kept, not used: {entry['file']} ({entry['problem']})")
     for entry in summary["write_errors"]:
         lines.append(f"reference not stored: {entry['file']} ({entry['problem']})")
     if setup.unused:
-        lines.append(f"{unused} unused references (no test used them in this full run):")
+        lines.append(f"{len(setup.unused)} unused references (no test used them in this full run):")
         lines += [f"  {path}{note}" for path, note in setup.unused]
     elif verbose and setup.unused_reason:
         lines.append(f"unused references not listed: {setup.unused_reason}")

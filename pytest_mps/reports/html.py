@@ -152,8 +152,17 @@ def place_images(
     images: Mapping[int, tuple[dict[str, bytes], dict[str, float]]],
 ) -> None:
     """Write each check's PNGs (keyed by the check's index in ``report["checks"]``) into
-    ``folder/images/`` and point the check's ``images`` at them, relative to ``folder``."""
+    ``folder/images/`` and point the check's ``images`` at them, relative to ``folder``.
+
+    The file names are made here (check number, pipeline and check slugs, image name), never taken
+    from input: an image name outside the safe alphabet
+    (:func:`~pytest_mps.reports.validate.safe_image_name`) or data that is not a PNG raises
+    ``ValueError``, and no file is written outside ``folder/images/``.
+    """
+    from pytest_mps.reports.validate import safe_image_name
+
     root = Path(folder)
+    image_root = (root / IMAGE_FOLDER).resolve()
     for index, check in enumerate(report["checks"]):
         encoded = images.get(index)
         if not encoded:
@@ -162,10 +171,16 @@ def place_images(
         stem = f"{index + 1:04d}-{_slug(str(check.get('pipeline')))}-{_slug(str(check.get('check')))}"
         entry: dict[str, Any] = {}
         for name, data in pngs.items():
-            relative = f"{IMAGE_FOLDER}/{stem}-{name}.png"
-            atomic_write(root / relative, data)
-            entry[name] = relative
-        entry.update(info)
+            if not safe_image_name(name):
+                raise ValueError(f"image name {str(name)[:40]!r} is not 1-32 letters, digits or underscores")
+            if bytes(data[:8]) != b"\x89PNG\r\n\x1a\n":
+                raise ValueError(f"image {name!r} of check {index + 1} is not a PNG")
+            # Safe parts only, so the name has no separator: the file lands in images/ (a symlink at
+            # that name is replaced by the rename, never followed).
+            filename = f"{stem}-{name}.png"
+            atomic_write(image_root / filename, data)
+            entry[name] = f"{IMAGE_FOLDER}/{filename}"
+        entry.update({k: v for k, v in info.items() if safe_image_name(k)})
         check["images"] = entry
 
 

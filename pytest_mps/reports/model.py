@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_mps.jsonable import plain_json
+from pytest_mps.reports.validate import ReportError, load_report, validate_report
 
 __all__ = [
     "SCHEMA_PATH",
@@ -58,10 +59,6 @@ VOLATILE = (
     "checks[].details.reference",
     "checks[].images",
 )
-
-
-class ReportError(ValueError):
-    """A file is not a usable pytest-mps report; the message is one line."""
 
 
 def _now() -> str:
@@ -152,70 +149,3 @@ def comparable(report: Mapping[str, Any]) -> dict[str, Any]:
         if isinstance(check.get("details"), dict):
             check["details"].pop("reference", None)
     return out
-
-
-_TOP = {
-    "schema_version": int,
-    "generator": str,
-    "created": str,
-    "sources": list,
-    "checks": list,
-    "pipelines": list,
-    "totals": dict,
-}
-_CHECK = {
-    "source": int,
-    "check": str,
-    "outcome": str,
-    "target": str,
-    "real_mps": bool,
-    "pipeline": str,
-    "failures": list,
-    "metrics": dict,
-}
-
-
-def validate_report(data: Any, *, where: str = "report") -> None:
-    """Raise :class:`ReportError` (one line) unless ``data`` is a report this version can read. The
-    structural subset of ``schema.json`` that merging relies on; the tests check the full schema."""
-    if not isinstance(data, dict):
-        raise ReportError(f"{where}: not a pytest-mps report (a JSON {type(data).__name__}, not an object)")
-    if "schema_version" not in data:
-        raise ReportError(f"{where}: not a pytest-mps report (no schema_version)")
-    version = data["schema_version"]
-    if version != SCHEMA_VERSION:
-        raise ReportError(
-            f"{where}: schema_version {version!r} is not supported (this pytest-mps reads {SCHEMA_VERSION})"
-        )
-    for name, kind in _TOP.items():
-        if not isinstance(data.get(name), kind):
-            raise ReportError(f"{where}: field {name!r} is missing or not a {kind.__name__}")
-    for i, check in enumerate(data["checks"]):
-        if not isinstance(check, dict):
-            raise ReportError(f"{where}: checks[{i}] is not an object")
-        for name, kind in _CHECK.items():
-            if not isinstance(check.get(name), kind) or (kind is int and isinstance(check.get(name), bool)):
-                raise ReportError(f"{where}: checks[{i}].{name} is missing or not a {kind.__name__}")
-        if not 0 <= check["source"] < len(data["sources"]):
-            raise ReportError(f"{where}: checks[{i}].source {check['source']} names no source")
-        if check["outcome"] not in ("passed", "failed"):
-            raise ReportError(f"{where}: checks[{i}].outcome {check['outcome']!r} is not passed/failed")
-
-
-def load_report(path: str | Path) -> dict[str, Any]:
-    """Read and validate a JSON report; every problem is a one-line :class:`ReportError`."""
-    where = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ReportError(f"{where}: no such file") from None
-    except IsADirectoryError:
-        raise ReportError(f"{where}: is a folder, not a JSON report") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ReportError(f"{where}: cannot be read ({type(exc).__name__})") from None
-    try:
-        data = json.loads(text)
-    except ValueError as exc:
-        raise ReportError(f"{where}: not JSON ({exc})") from None
-    validate_report(data, where=where)
-    return data
