@@ -462,7 +462,9 @@ def test_update_references_rewrites_and_still_reports_outcomes(project: pytest.P
     # hook is never shared with a pipeline without it). Both are recomputed; the stored one rewritten.
     assert sorted(origins(report)) == ["computed", "computed"]
     assert report["sources"][0]["references"]["rewritten"] == 1
-    result.stdout.fnmatch_lines(["references: *1 rewritten*; --mps-update-references recomputed every one used"])
+    result.stdout.fnmatch_lines(
+        ["references: *1 rewritten*; --mps-update-references recomputed every one used"]
+    )
 
 
 def test_default_store_is_pytest_cache_and_memory_without_it(project: pytest.Pytester) -> None:

@@ -166,7 +166,9 @@ def reference_lines(config: pytest.Config, *, verbose: bool) -> list[str]:
     elif summary["update"]:
         skipped = len(collector_of(config).skipped)
         why = f"{skipped} tests skipped (no target?)" if skipped else "no test ran a check that needs one"
-        lines.append(f"references: --mps-update-references rewrote nothing: no CPU reference was used ({why})")
+        lines.append(
+            f"references: --mps-update-references rewrote nothing: no CPU reference was used ({why})"
+        )
     elif verbose:
         lines.append(f"references: none used ({where})")
     for entry in summary["corrupted"]:
