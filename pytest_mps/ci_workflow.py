@@ -30,7 +30,8 @@ import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
-from typing import NoReturn
+
+from pytest_mps.command_line import CommandParser, UsageProblem
 
 __all__ = ["DEFAULT_OUTPUT", "main", "render_workflow"]
 
@@ -80,13 +81,8 @@ _VERSIONS = (
 )
 
 
-class _BadInput(Exception):
+class _BadInput(UsageProblem):
     """One line for the user; exit status 2."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise _BadInput(message)
 
 
 def _block(command: str, indent: int) -> str:
@@ -382,11 +378,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``pytest-mps init-ci [--output FILE] [--pipelines PATH ...] [--python X.Y] [--runner LABEL]
     [--no-pytest] [--install CMD] [--receipt FILE [--allowed-signers FILE]] [--force]``; exit status 0
     written, 2 bad input or a file in the way."""
-    parser = _Parser(
-        prog=_PROG,
+    parser = CommandParser(
+        "init-ci",
         description="Write a GitHub Actions workflow: an emulated-MPS pre-check on Linux that stores the CPU "
         "references, then the same checks on real MPS on Apple silicon, with the Markdown report in the job "
         "summary and the HTML report as an artifact. Run it from the repository root.",
+        exits="0 written, 2 bad input or a file in the way (--force overwrites).",
+        epilog="example: pytest-mps init-ci --pipelines fixtures/tiny-sd fixtures/tiny-ddpm",
+        error=_BadInput,
     )
     parser.add_argument("--output", default=DEFAULT_OUTPUT, metavar="FILE", help=f"default {DEFAULT_OUTPUT}")
     parser.add_argument(

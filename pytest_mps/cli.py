@@ -18,8 +18,8 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NoReturn
 
+from pytest_mps.command_line import CommandParser, UsageProblem
 from pytest_mps.options import OPTIONS, Option
 
 __all__ = ["main"]
@@ -51,11 +51,10 @@ Each command has its own help: pytest-mps COMMAND --help
 _CHECK_EPILOG = """\
 pytest options pass through: write them as --option=value (--junitxml=report.xml, -kparity), or put
 them after --: pytest-mps check fixtures/tiny-sd -- -k parity -x. Flags such as -x, -q, -v also work
-as they are. Exit status: 0 when no check failed on the target, 1 when one did, 2 for bad input.
+as they are.
 
 Only a real MPS target can earn the MPS badge; cpu, cuda, xpu and emulated runs are pre-checks and
-say so everywhere.
-"""
+say so everywhere."""
 
 #: pytest options that take their value as the next word (anything else is taken for a flag).
 _PYTEST_VALUED = frozenset(
@@ -67,15 +66,8 @@ _PYTEST_VALUED = frozenset(
 )  # fmt: skip
 
 
-class _BadInput(Exception):
+class _BadInput(UsageProblem):
     """One line for the user; exit status 2."""
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse, with its errors as one line (no usage block) through :class:`_BadInput`."""
-
-    def error(self, message: str) -> NoReturn:
-        raise _BadInput(message)
 
 
 def _check_options() -> list[Option]:
@@ -137,13 +129,14 @@ def _split(tokens: Sequence[str]) -> tuple[list[str], list[str], list[str]]:
 _CHECK_DEFAULTS = {"isolate": True}
 
 
-def _check_parser() -> _Parser:
-    parser = _Parser(
-        prog="pytest-mps check",
+def _check_parser() -> CommandParser:
+    parser = CommandParser(
+        "check",
         usage="pytest-mps check PATH [PATH ...] [options] [-- pytest options]",
         description="Run the MPS compatibility suite on Diffusers pipeline folders and print the verdict.",
         epilog=_CHECK_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        exits="0 when no check failed on the target, 1 when one did, 2 for bad input.",
+        error=_BadInput,
     )
     for opt in _check_options():
         assert opt.cli is not None
@@ -203,11 +196,13 @@ def pytest_arguments(options: argparse.Namespace, paths: Sequence[str], device: 
     suite = Path(pytest_mps.suite.__file__).resolve().parent
     args = [
         str(suite / "test_compat.py"),
-        # The suite runs the same everywhere: no project ini, conftest or cache; short test ids.
+        # The suite runs the same everywhere: no project ini, conftest or cache; short test ids. This
+        # command prints its own header (pytest's would name the empty config file and the suite folder).
         "-c",
         os.devnull,
         "--rootdir",
         str(suite),
+        "--no-header",
         "-p",
         "no:cacheprovider",
         # Libraries' own deprecations are not the pipeline's MPS story; UserWarnings (MPS fallbacks) stay.
@@ -240,6 +235,24 @@ def _as_text(value: object) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
+def _print_plan(options: argparse.Namespace, paths: Sequence[str], device: str) -> None:
+    """The run's header: the environment, then what the suite will check and how."""
+    from pytest_mps.environment import detect_environment
+    from pytest_mps.options import Settings
+    from pytest_mps.plugin.suite import plan_lines
+    from pytest_mps.suite.settings import pipeline_specs
+    from pytest_mps.target import resolve_target
+
+    settings = Settings(
+        **{opt.name: getattr(options, opt.name) for opt in _check_options() if opt.name != "device"}
+    )
+    labels = [spec.label for spec in pipeline_specs(paths)]
+    print(f"mps: {detect_environment().summary()}")
+    for line in plan_lines(labels, resolve_target(device), settings):
+        print(line)
+    sys.stdout.flush()
+
+
 def check(argv: Sequence[str]) -> int:
     """``pytest-mps check``: validate, then run the suite through pytest; returns the exit status."""
     ours, paths, passthrough = _split(argv)
@@ -254,6 +267,7 @@ def check(argv: Sequence[str]) -> int:
     except _BadInput as exc:
         print(f"pytest-mps check: error: {exc}", file=sys.stderr)
         return USAGE_ERROR
+    _print_plan(options, paths, device)
     import pytest
 
     status = int(pytest.main([*pytest_arguments(options, paths, device), *passthrough]))

@@ -17,13 +17,13 @@ names are limited to a safe alphabet, and the merged HTML folder's file names ar
 
 from __future__ import annotations
 
-import argparse
 import os
 import stat
 import sys
 from pathlib import Path
 from typing import Any
 
+from pytest_mps.command_line import CommandParser
 from pytest_mps.reports.model import build_report
 from pytest_mps.reports.validate import ReportError, load_report, validate_report
 
@@ -133,18 +133,29 @@ def _error(message: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Run ``pytest-mps merge``; returns the exit status (0 merged, 2 bad input or usage)."""
-    parser = argparse.ArgumentParser(
-        prog=_PROG,
-        description="Join pytest-mps JSON reports (--mps-report-json) of CI shards or runners into one.",
+    parser = CommandParser(
+        "merge",
+        description="Join pytest-mps JSON reports (--mps-report-json) of CI shards or runners into one "
+        "report, written as Markdown, HTML and/or JSON; each check keeps the run it came from.",
+        exits="0 merged, 2 bad input (a missing, unreadable or invalid report; nothing to write).",
+        epilog="example: pytest-mps merge linux.json mac.json --md summary.md --html merged/",
+        error=ReportError,
     )
     parser.add_argument("reports", nargs="+", metavar="REPORT.json", help="JSON reports to join")
     parser.add_argument("--md", metavar="OUT", help="write the merged Markdown report here")
-    parser.add_argument("--html", metavar="DIR", help="write the merged HTML report (and images) here")
+    parser.add_argument(
+        "--html",
+        metavar="PATH",
+        help="write the merged HTML report: one self-contained FILE.html, or a folder DIR (index.html and "
+        "images/)",
+    )
     parser.add_argument("--json", metavar="OUT", help="write the merged JSON report here")
     try:
         args = parser.parse_args(argv)
-    except SystemExit as exc:  # argparse has printed its usage message
+    except SystemExit as exc:  # --help
         return int(exc.code or 0) if not isinstance(exc.code, str) else 2
+    except ReportError as exc:
+        return _error(str(exc))
     if not (args.md or args.html or args.json):
         return _error("nothing to write: pass --md OUT, --html DIR and/or --json OUT")
     seen: dict[Path, str] = {}
@@ -168,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _write(report: dict[str, Any], images: dict[int, ImageFiles], args: Any) -> int:
-    from pytest_mps.reports.html import place_images, write_html
+    from pytest_mps.reports.html import single_file, write_html_report
     from pytest_mps.reports.json_report import write_json
     from pytest_mps.reports.markdown import write_markdown
 
@@ -180,14 +191,14 @@ def _write(report: dict[str, Any], images: dict[int, ImageFiles], args: Any) -> 
                 pngs = {k: _read_png(Path(v)) for k, v in files.items() if isinstance(v, str)}
                 info = {k: v for k, v in files.items() if not isinstance(v, str)}
                 encoded[index] = ({k: v for k, v in pngs.items() if v is not None}, info)
-            place_images(report, args.html, encoded)
-            written.append(str(write_html(report, args.html)))
-        elif args.json:  # no HTML folder: the merged JSON points at the inputs' own images
+            written.append(str(write_html_report(report, args.html, encoded)))
+        if args.json and not (args.html and not single_file(args.html)):
+            # no HTML folder: the merged JSON points at the inputs' own images
             for index, files in images.items():
                 report["checks"][index]["images"] = dict(files)
         if args.json:
             validate_report(report, where="the merged report")
-            root = args.html if args.html else Path.cwd()
+            root = args.html if args.html and not single_file(args.html) else Path.cwd()
             written.append(str(write_json(report, args.json, images_root=root)))
         if args.md:
             written.append(str(write_markdown(report, args.md)))

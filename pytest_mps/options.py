@@ -260,9 +260,10 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "report_html",
-        "write DIR/index.html: an offline page with CPU, target and difference images of each parity check",
+        "write an offline HTML page with the CPU, target and difference images of each parity check: "
+        "FILE.html, one self-contained file (images inline); or a folder, DIR/index.html with DIR/images/",
         kind="path",
-        metavar="DIR",
+        metavar="PATH",
     ),
     Option(
         "xdist_workers",

@@ -76,15 +76,17 @@ def load_pipeline(source: Any, **kwargs: Any) -> Any:
     Raises:
         PipelineLoadError: one line naming the cause and a fix.
     """
-    from diffusers.utils import logging as diffusers_logging
+    import contextlib
 
-    was_disabled = not diffusers_logging.is_progress_bar_enabled()
-    diffusers_logging.disable_progress_bar()
-    try:
+    import diffusers  # noqa: F401 - imported before it is quieted
+
+    from pytest_mps.quiet import quiet_libraries
+
+    with contextlib.suppress(ImportError):
+        import transformers  # noqa: F401 - it logs while loading text encoders
+
+    with quiet_libraries():
         return _load(source, **kwargs)
-    finally:
-        if not was_disabled:
-            diffusers_logging.enable_progress_bar()
 
 
 def _load(

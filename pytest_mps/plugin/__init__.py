@@ -20,12 +20,13 @@ from typing import Any
 
 import pytest
 
-from pytest_mps.plugin import markers, options, references, reports, suite, terminal
+from pytest_mps.plugin import options, reports, terminal
 from pytest_mps.plugin.session import SESSION_KEY, MPSSession, session_of
 
 __all__ = ["MPSSession", "session_of"]
 
-# Modules whose fixtures and hooks are part of the plugin.
+# Modules whose fixtures and hooks are part of the plugin. pytest imports them (for assertion rewriting
+# they must not be imported before): the hooks below import them only when they run.
 pytest_plugins = [
     "pytest_mps.plugin.markers",
     "pytest_mps.plugin.fixtures",
@@ -46,6 +47,8 @@ def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    from pytest_mps.plugin import markers, references, suite, xdist
+
     markers.register(config)
     session = MPSSession(config, options.read_settings(config))
     config.stash[SESSION_KEY] = session
@@ -53,8 +56,6 @@ def pytest_configure(config: pytest.Config) -> None:
     suite.install(config)
     references.install(config)
     reports.install(config)
-    from pytest_mps.plugin import xdist
-
     xdist.install_worker_lock(config, session)
     if config.pluginmanager.hasplugin("xdist") and not xdist.is_worker(config):
         hooks = xdist.XdistHooks(session)
@@ -71,6 +72,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
+    from pytest_mps.plugin import suite
+
     mps_session = config.stash.get(SESSION_KEY, None)
     if mps_session is not None:
         suite.close(config)

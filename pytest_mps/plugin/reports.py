@@ -135,7 +135,7 @@ def write_reports(config: pytest.Config, exitstatus: int) -> None:
     from pytest_mps.plugin.references import reference_summary
     from pytest_mps.plugin.xdist import xdist_hooks
     from pytest_mps.reports.collect import image_key
-    from pytest_mps.reports.html import place_images, write_html
+    from pytest_mps.reports.html import single_file, write_html_report
     from pytest_mps.reports.json_report import write_json
     from pytest_mps.reports.markdown import write_markdown
     from pytest_mps.reports.model import build_report
@@ -162,14 +162,12 @@ def write_reports(config: pytest.Config, exitstatus: int) -> None:
         "references": reference_summary(config),
     }
     report = build_report(checks, [source])
-    html_dir = settings.report_html
-    if html_dir is not None:
-        place_images(report, html_dir, images)
-        facts.messages.append(f"HTML report: {write_html(report, html_dir)}")
+    html = settings.report_html
+    if html is not None:
+        facts.messages.append(f"HTML report: {write_html_report(report, html, images)}")
     if settings.report_json is not None:
-        facts.messages.append(
-            f"JSON report: {write_json(report, settings.report_json, images_root=html_dir)}"
-        )
+        root = html if html is not None and not single_file(html) else None
+        facts.messages.append(f"JSON report: {write_json(report, settings.report_json, images_root=root)}")
     if settings.report_md is not None:
         facts.messages.append(f"Markdown report: {write_markdown(report, settings.report_md)}")
     if settings.receipt is not None:

@@ -36,6 +36,8 @@ class MPSSession:
         self._pipelines: PipelineCache | None = None
         self._references: ReferenceCache | None = None
         self._emulation: Any = None
+        #: warnings libraries raised during checks (not failures): "Category: message" -> where
+        self.library_warnings: dict[str, list[str]] = {}
 
     @staticmethod
     def _requested(settings: Settings) -> str:
@@ -124,6 +126,19 @@ class MPSSession:
         if self._emulation is not None:
             emulation, self._emulation = self._emulation, None
             emulation.__exit__(None, None, None)
+
+    def note_library_warning(self, caught: dict[str, Any]) -> None:
+        """Keep a warning a library raised during a check, for one line at the end of the run."""
+        from pathlib import Path
+
+        name = str(caught.get("category", "")).rsplit(".", 1)[-1]
+        where = f"{Path(str(caught.get('filename', '?'))).name}:{caught.get('lineno', 0)}"
+        text = " ".join(str(caught.get("message", "")).split())
+        places = self.library_warnings.setdefault(
+            f"{name}: {text[:160]}{'...' if len(text) > 160 else ''}", []
+        )
+        if where not in places:
+            places.append(where)
 
     # --- what the checks share --------------------------------------------------------------------
 

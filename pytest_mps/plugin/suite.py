@@ -22,7 +22,9 @@ from pytest_mps.suite.settings import PipelineSpec, SuiteSettings, pipeline_spec
 
 if TYPE_CHECKING:
     from pytest_mps.isolation import WorkerPool
+    from pytest_mps.options import Settings
     from pytest_mps.suite.runner import Outcome
+    from pytest_mps.target import Target
 
 __all__ = ["SuiteCheck", "mps_suite", "mps_suite_pipeline"]
 
@@ -99,14 +101,9 @@ def suite_settings(config: pytest.Config) -> SuiteSettings:
     )
 
 
-def suite_header(config: pytest.Config) -> list[str]:
-    """The header lines of a run that checks pipelines."""
-    state = config.stash.get(_STATE, None)
-    if state is None or not state.specs:
-        return []
-    session = session_of(config)
-    settings = session.settings
-    target = session.target
+def plan_lines(labels: Sequence[str], target: Target, settings: Settings) -> list[str]:
+    """What a run of the suite will do: the pipelines, the target (and whether it is an MPS verdict),
+    isolation, steps, size and schedulers (the header of a run, and of ``pytest-mps check``)."""
     if not target.available:
         where = f"no target ({target.reason})"
     elif target.is_real_mps:
@@ -120,9 +117,18 @@ def suite_header(config: pytest.Config) -> list[str]:
         isolation = "crash isolation off (a crash on the target ends the session)"
     size = f"{settings.size} px" if settings.size else "smallest valid size"
     return [
-        f"mps check: {len(state.specs)} pipeline(s): {', '.join(s.label for s in state.specs)} | {where}",
+        f"mps check: {len(labels)} pipeline(s): {', '.join(labels)} | {where}",
         f"mps check: {isolation} | {settings.steps} steps, {size}, schedulers {settings.schedulers}",
     ]
+
+
+def suite_header(config: pytest.Config) -> list[str]:
+    """The header lines of a run that checks pipelines."""
+    state = config.stash.get(_STATE, None)
+    if state is None or not state.specs:
+        return []
+    session = session_of(config)
+    return plan_lines([s.label for s in state.specs], session.target, session.settings)
 
 
 # --- collection ----------------------------------------------------------------------------------
@@ -240,14 +246,18 @@ class SuiteCheck:
         item = self.item
         if outcome.stderr.strip():
             item.add_report_section("call", "worker stderr", outcome.stderr)
+        session = session_of(item.config)
         for caught in outcome.warnings:
-            _reemit(caught)
+            if caught.get("library"):
+                session.note_library_warning(caught)
+            else:
+                _reemit(caught)
         result = outcome.result
         if result.status is Status.SKIPPED:
             pytest.skip(result.summary)
         if (result.details or {}).get("death"):
             item.user_properties.append(("mps:worker_stderr", outcome.stderr[-65536:]))
-        session_of(item.config).record(item, result)
+        session.record(item, result)
         if not result.passed:  # a failure on the CPU too fails the test as well: the report says why
             pytest.fail(result.report(), pytrace=False)
 

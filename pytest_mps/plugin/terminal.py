@@ -97,6 +97,12 @@ def summary(terminalreporter: Any, config: pytest.Config) -> None:
                 "speed is information only on a stand-in: only real MPS is judged against the CPU"
             )
     notes = session.emulation_notes()
+    if session.library_warnings:
+        terminalreporter.section("pytest-mps: warnings raised inside libraries during checks")
+        terminalreporter.write_line("(not failures, whatever -W says; each shown once)")
+        for line, places in session.library_warnings.items():
+            shown = ", ".join(places[:3]) + (f" and {len(places) - 3} more" if len(places) > 3 else "")
+            terminalreporter.write_line(f"  {line} ({shown})")
     if own or notes:
         terminalreporter.section("pytest-mps")
         if own:

@@ -9,7 +9,6 @@ re-serialises before verifying (where signer and verifier could disagree).
 
 from __future__ import annotations
 
-import argparse
 import os
 import subprocess
 import sys
@@ -17,8 +16,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
+from pytest_mps.command_line import CommandParser
 from pytest_mps.receipts.document import (
     FINGERPRINT_ALGORITHM,
     FORMAT,
@@ -221,22 +221,21 @@ def describe_written(files: ReceiptFiles) -> str:
     return f"receipt: {files.receipt} (signature {files.signature}); {state}"
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise ReceiptError(message)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """``pytest-mps sign-receipt REPORT.json --receipt FILE [--key KEY] [--pipeline DIR ...]
     [--source DIR] [--exclude PATH ...]``: sign the JSON report of a finished run (``pytest
     --mps-report-json``). Exit status 0 when written, 2 for bad input."""
     from pytest_mps.reports.model import ReportError, load_report
 
-    parser = _Parser(
-        prog=_PROG,
+    parser = CommandParser(
+        "sign-receipt",
         description="Sign the JSON report of a pytest-mps run (--mps-report-json) with your SSH key, "
         "fingerprinting the pipeline folders and the project's source tree. Verify it with "
         "pytest-mps verify-receipt.",
+        exits="0 written, 2 bad input (an unreadable report, no key to sign with).",
+        epilog="example: pytest-mps sign-receipt report.json --receipt mps-receipt.json "
+        "--pipeline fixtures/tiny-sd",
+        error=ReceiptError,
     )
     parser.add_argument("report", metavar="REPORT.json", help="the run's JSON report")
     parser.add_argument(

@@ -18,14 +18,14 @@ Any refusal is one line and exit status 1; unreadable input is one line and exit
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
+from pytest_mps.command_line import CommandParser
 from pytest_mps.receipts.document import (
     NAMESPACE,
     ReceiptError,
@@ -249,22 +249,20 @@ def verify_receipt(
     return Verified(receipt=path, signer=signer, document=document)
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise ReceiptError(message)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """``pytest-mps verify-receipt FILE --allowed-signers FILE [--source DIR] [--pipeline DIR ...]
     [--signature SIG]``. Exit status 0: verified evidence of a real-MPS badge run; 1: refused; 2: bad
     input."""
-    parser = _Parser(
-        prog=_PROG,
+    parser = CommandParser(
+        "verify-receipt",
         description="Check a signed pytest-mps receipt (pytest-mps check --receipt) in CI without a Mac: "
         "the signature, the source tree and pipeline folders it fingerprinted, and that it records a "
         "real-MPS run whose every pipeline earns the MPS badge.",
-        epilog="Exit status: 0 verified, 1 refused (changed, wrong signer, stand-in or failing run), "
+        exits="0 verified, 1 refused (changed, wrong signer, stand-in or failing run), "
         "2 bad input (a missing or unreadable file).",
+        epilog="example: pytest-mps verify-receipt mps-receipt.json "
+        "--allowed-signers .github/allowed_signers",
+        error=ReceiptError,
     )
     parser.add_argument("receipt", metavar="FILE", help="the receipt (its signature is FILE.sig)")
     parser.add_argument(

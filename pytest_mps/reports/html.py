@@ -24,6 +24,8 @@ from pytest_mps.reports.atomic import atomic_write
 __all__ = ["IMAGE_FOLDER", "place_images", "render_html", "write_html"]
 
 IMAGE_FOLDER = "images"
+#: An embedded PNG (the single-file layout): nothing but base64 after the prefix.
+_DATA_PNG = re.compile(r"data:image/png;base64,[A-Za-z0-9+/]*={0,2}")
 _IMAGE_LABELS = (("cpu", "CPU reference"), ("target", "target output"), ("diff", "|difference|"))
 _FIGURES = (
     ("max_abs", "atol", "<=", "max |diff|"),
@@ -244,7 +246,7 @@ def _image_figures(check: Mapping[str, Any]) -> str:
                 if not largest
                 else f"{label}, amplified ×{_figure(gain)} (max {_figure(largest)})"
             )
-        src = urllib.parse.quote(path, safe="/")
+        src = path if _DATA_PNG.fullmatch(path) else urllib.parse.quote(path, safe="/")
         figures.append(
             f"<figure><img src='{_e(src)}' alt='{_e(label)}' loading='lazy'>"
             f"<figcaption>{_e(caption)}</figcaption></figure>"
@@ -386,3 +388,45 @@ def render_html(report: Mapping[str, Any]) -> str:
 def write_html(report: Mapping[str, Any], folder: str | Path) -> Path:
     """Write ``folder/index.html`` (images must already be in place: :func:`place_images`)."""
     return atomic_write(Path(folder) / "index.html", render_html(report))
+
+
+def single_file(path: str | Path) -> bool:
+    """Whether an HTML report path names one file (``report.html``) rather than a folder."""
+    return Path(path).suffix.lower() in (".html", ".htm")
+
+
+def embedded(
+    report: Mapping[str, Any], images: Mapping[int, tuple[dict[str, bytes], dict[str, float]]]
+) -> dict:
+    """A copy of ``report`` whose checks carry their PNGs inline (``data:`` URIs): one self-contained
+    page, for a CI artifact or an e-mail. The report given is left as it is."""
+    import base64
+    import copy
+
+    from pytest_mps.reports.validate import safe_image_name
+
+    out = copy.deepcopy(dict(report))
+    for index, check in enumerate(out["checks"]):
+        encoded = images.get(index)
+        if not encoded:
+            continue
+        pngs, info = encoded
+        entry: dict[str, Any] = {}
+        for name, data in pngs.items():
+            if safe_image_name(name) and bytes(data[:8]) == b"\x89PNG\r\n\x1a\n":
+                entry[name] = "data:image/png;base64," + base64.b64encode(bytes(data)).decode("ascii")
+        entry.update({k: v for k, v in info.items() if safe_image_name(k)})
+        check["images"] = entry
+    return out
+
+
+def write_html_report(
+    report: dict[str, Any], path: str | Path, images: Mapping[int, tuple[dict[str, bytes], dict[str, float]]]
+) -> Path:
+    """Write the HTML report at ``path``: one self-contained file with the images inline when ``path``
+    ends in ``.html`` (the default layout), else ``path/index.html`` with the PNGs in ``path/images/``
+    (the folder layout, whose image paths the JSON report records for ``pytest-mps merge``)."""
+    if single_file(path):
+        return atomic_write(Path(path), render_html(embedded(report, images)))
+    place_images(report, path, images)
+    return write_html(report, path)

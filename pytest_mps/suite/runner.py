@@ -87,10 +87,19 @@ def target_scope(target: Target) -> Iterator[None]:
     yield
 
 
+def from_library(filename: str) -> bool:
+    """Whether a warning comes from an installed library's code (Diffusers, Transformers, torch,
+    numpy...) rather than from pytest-mps or the project under test."""
+    path = filename.replace("\\", "/")
+    return ("/site-packages/" in path or "/dist-packages/" in path) and "/pytest_mps/" not in path
+
+
 @contextlib.contextmanager
 def warnings_into(sink: list[dict[str, Any]]) -> Iterator[None]:
-    """Collect the warnings raised in the block (each distinct one once) as JSON-ready dicts, and
-    re-raise none of them: the pytest side re-emits them in the test."""
+    """Collect the warnings raised in the block (each distinct one once) as JSON-ready dicts, marked
+    ``library`` when an installed library raised them, and re-raise none of them: the pytest side
+    re-emits the project's own in the test and lists the libraries' once at the end (so ``-W error``
+    does not turn a library's deprecation notice into a failed check)."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         yield
@@ -100,7 +109,15 @@ def warnings_into(sink: list[dict[str, Any]]) -> Iterator[None]:
         key = (f"{category.__module__}.{category.__qualname__}", str(w.message), w.filename, w.lineno)
         if key not in seen:
             seen.add(key)
-            sink.append({"category": key[0], "message": key[1], "filename": w.filename, "lineno": w.lineno})
+            sink.append(
+                {
+                    "category": key[0],
+                    "message": key[1],
+                    "filename": w.filename,
+                    "lineno": w.lineno,
+                    "library": from_library(w.filename),
+                }
+            )
 
 
 @dataclass
@@ -217,7 +234,9 @@ def run_suite_check(name: str, loaded: Loaded, *, nodeid: str | None = None) -> 
         localize=loaded.settings.localize,
     )
     function = resolve_function(spec)
-    with warnings_into(caught), using_context(ctx), target_scope(loaded.target):
+    from pytest_mps.quiet import quiet_libraries
+
+    with warnings_into(caught), using_context(ctx), target_scope(loaded.target), quiet_libraries():
         result = function(loaded.pipe, loaded.inputs, **loaded.settings.check_options(spec.id))
     result.pipeline = loaded.spec.label
     result.nodeid = nodeid
