@@ -202,11 +202,12 @@ def test_a_fault_at_heights_off_64_is_reported_and_replayed_first(
 
 
 def test_a_seed_makes_the_examples_repeat(pipes: dict[str, Any]) -> None:
-    runs: list[list[dict[str, Any]]] = []
-    for _ in range(2):
+    def examples() -> list[dict[str, Any]]:
         seen: list[dict[str, Any]] = []
         explore(pipes["tiny-sd"], 6, seed=3, compare=lambda _pipe, inputs: seen.append(inputs.describe()))
-        runs.append(seen)
+        return seen
+
+    runs = [examples(), examples()]
     assert runs[0] == runs[1] and len(runs[0]) == 6
     assert len({(d["height"], d["width"], d["batch"]) for d in runs[0]}) > 1  # and they vary
 
