@@ -304,9 +304,10 @@ def audit(
         inputs: call arguments; default: ``pytest_mps.inputs.default_inputs(pipe)``. Generators are
             copied, so the caller's are not consumed.
         trace: trace the models on meta tensors (True), compute them (False), or decide by size (None:
-            traced above :data:`TRACE_ABOVE_PIXELS` output pixels). A traced report says so
-            (``report.traced``, its label and ``format()``), has no output, and adds the estimated peak
-            memory.
+            traced above :data:`TRACE_ABOVE_PIXELS` output pixels, and for a pipeline with meta weights
+            such as :func:`pytest_mps.plan.meta_pipeline.load_meta_pipeline` builds). A traced report
+            says so (``report.traced``, its label and ``format()``), has no output, and adds the
+            estimated peak memory.
         call_overrides: extra call arguments (``height=1024``, ``num_inference_steps=4``...).
             ``output_type`` defaults to ``"np"``.
 
@@ -321,7 +322,7 @@ def audit(
     call = {**(_default_inputs(pipe) if inputs is None else dict(inputs)), **call_overrides}
     call.setdefault("output_type", "np")
     call = _fresh(call)
-    if trace if trace is not None else output_pixels(call) > TRACE_ABOVE_PIXELS:
+    if trace if trace is not None else _heavy(pipe, call):
         return _traced_audit(pipe, call)
     emulation = EmulatedMPS(collect=True)
     extra: list[Finding] = []
@@ -372,6 +373,13 @@ def output_pixels(call: Mapping[str, Any]) -> int:
         items = max(items, call["batch_size"])
     per_prompt = call.get("num_images_per_prompt")
     return height * width * items * (per_prompt if isinstance(per_prompt, int) and per_prompt > 0 else 1)
+
+
+def _heavy(pipe: Any, call: Mapping[str, Any]) -> bool:
+    """A real run would be heavy (above :data:`TRACE_ABOVE_PIXELS`), or impossible (meta weights)."""
+    from pytest_mps.plan.trace import has_meta_weights
+
+    return output_pixels(call) > TRACE_ABOVE_PIXELS or has_meta_weights(pipe)
 
 
 def _traced_audit(pipe: Any, call: dict[str, Any]) -> AuditReport:

@@ -22,8 +22,13 @@ __all__ = ["advice_lines", "describe_limit", "gib"]
 
 
 def gib(nbytes: int | None) -> str:
-    """``6.08 GiB``."""
-    return "-" if nbytes is None else f"{nbytes / 2**30:.2f} GiB"
+    """``6.08 GiB``, ``386.4 MiB``, ``12.0 KiB``."""
+    if nbytes is None:
+        return "-"
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if nbytes >= size:
+            return f"{nbytes / size:.2f} {unit}" if unit == "GiB" else f"{nbytes / size:.1f} {unit}"
+    return f"{nbytes} B"
 
 
 def describe_limit(finding: Finding | None) -> str:
@@ -48,24 +53,32 @@ def advice_lines(plan: SizePlan) -> tuple[str, ...]:
         "required."
     ]
     for batch in sorted({b.batch for b in plan.boundaries}):
-        off, on = plan.boundary(batch, False), plan.boundary(batch, True)
-        text = f"batch {batch}: up to {_side(off.largest_side, off.capped)} without slicing"
-        if not off.capped:
-            text += f" (one step above, {describe_limit(off.limit)} reaches 2**32 bytes: Metal aborts)"
-        if (on.largest_side or 0) > (off.largest_side or 0) or on.capped:
-            text += f"; with attention slicing up to {_side(on.largest_side, on.capped)}"
-        else:
-            text += "; attention slicing does not raise it"
-        module = (on.limit.module or "") if on.limit is not None and not on.capped else ""
-        if module.startswith("vae"):
-            text += " (the VAE sets that limit: pipe.enable_vae_tiling() decodes in tiles)"
-        elif module and plan.slice_size == "auto":
-            text += ' (enable_attention_slicing("max") slices further)'
-
-        lines.append(text)
+        lines.append(_batch_line(plan, batch))
     for tier in TIERS_GB:
         lines.append(_tier_line(plan, tier))
     return tuple(lines)
+
+
+def _batch_line(plan: SizePlan, batch: int) -> str:
+    off, on = plan.boundary(batch, False), plan.boundary(batch, True)
+    parts = []
+    if off is not None:
+        text = f"up to {_side(off.largest_side, off.capped)} without slicing"
+        if not off.capped:
+            text += f" (one step above, {describe_limit(off.limit)} reaches 2**32 bytes: Metal aborts)"
+        parts.append(text)
+    if on is not None:
+        raised = off is None or (on.largest_side or 0) > (off.largest_side or 0) or on.capped
+        if raised:
+            parts.append(f"with attention slicing up to {_side(on.largest_side, on.capped)}")
+        else:
+            parts.append("attention slicing does not raise it")
+        module = (on.limit.module or "") if on.limit is not None and not on.capped else ""
+        if module.startswith("vae"):
+            parts[-1] += " (the VAE sets that limit: pipe.enable_vae_tiling() decodes in tiles)"
+        elif module and plan.slice_size == "auto":
+            parts[-1] += ' (enable_attention_slicing("max") slices further)'
+    return f"batch {batch}: " + "; ".join(parts)
 
 
 def _fitting(plan: SizePlan, tier: int, slicing: bool) -> int | None:
@@ -76,13 +89,16 @@ def _fitting(plan: SizePlan, tier: int, slicing: bool) -> int | None:
 def _tier_line(plan: SizePlan, tier: int) -> str:
     off, on = _fitting(plan, tier, False), _fitting(plan, tier, True)
     head = f"{tier} GB (Metal working set {gib(working_set_bytes(tier))}): "
+    known = [r for r in plan.memory if r.memory is not None and not r.over_limit]
+    if not known:
+        return head + "every planned side goes over the 2**32-byte limit (see the limits above)"
     if off is None and on is None:
-        known = [r for r in plan.memory if r.memory is not None and not r.over_limit]
-        least = min(known, key=lambda r: r.memory.peak_bytes if r.memory else 0, default=None)
-        need = ""
-        if least is not None and least.memory is not None:
-            need = f"; the smallest planned, {least.side}x{least.side}, needs {gib(least.memory.peak_bytes)}"
-        return head + f"no planned size fits (batch 1){need}: expect swapping, or load in float16"
+        least = min(known, key=lambda r: r.memory.peak_bytes if r.memory else 0)
+        need = gib(least.memory.peak_bytes if least.memory else None)
+        return (
+            head + f"no planned size fits (batch 1; {least.side}x{least.side} needs {need}): "
+            "expect swapping, or load the weights in float16"
+        )
     parts = [f"up to {off}x{off} without slicing" if off else "no planned size fits without slicing"]
     if on and (off is None or on > off):
         parts.append(f"up to {on}x{on} with attention slicing")

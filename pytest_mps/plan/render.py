@@ -40,32 +40,22 @@ def render_plan(plan: SizePlan) -> str:
         "",
         "Largest square side (px) with every buffer under 2**32 bytes (Metal aborts the process at 2**32):",
     ]
-    rows = [("batch", "no slicing", f"attention slicing ({plan.slice_size})", "next step over the limit")]
+    modes = sorted({b.slicing for b in plan.boundaries})
+    titles = {False: "no slicing", True: f"attention slicing ({plan.slice_size})"}
+    rows = [("batch", *(titles[m] for m in modes), "next step over the limit")]
     for batch in sorted({b.batch for b in plan.boundaries}):
-        off, on = plan.boundary(batch, False), plan.boundary(batch, True)
-        limit = on if on.limit is not None and on.largest_side is None else off
-        rows.append(
-            (
-                str(batch),
-                _cell(off.largest_side, off.capped),
-                _cell(on.largest_side, on.capped),
-                "-" if limit.capped or limit.limit is None else describe_limit(limit.limit),
-            )
-        )
+        found = [plan.boundary(batch, m) for m in modes]
+        cells = [_cell(b.largest_side, b.capped) if b is not None else "-" for b in found]
+        first = next((b for b in found if b is not None and not b.capped and b.limit is not None), None)
+        rows.append((str(batch), *cells, describe_limit(first.limit) if first is not None else "-"))
     lines += _table(rows)
     lines += ["", "Estimated peak memory, batch 1 (weights + peak activations), on each memory tier:"]
     head = ("side", "slicing", "peak", *(f"{t} GB" for t in TIERS_GB))
     mem_rows = [head]
     for row in plan.memory:
         peak = "abort" if row.over_limit else gib(row.memory.peak_bytes if row.memory else None)
-        mem_rows.append(
-            (
-                f"{row.side}x{row.side}",
-                "on" if row.slicing else "off",
-                peak,
-                *(row.tiers.get(t, "") or "-" for t in TIERS_GB),
-            )
-        )
+        tiers = [row.tiers.get(t, "-") for t in TIERS_GB]
+        mem_rows.append((f"{row.side}x{row.side}", "on" if row.slicing else "off", peak, *tiers))
     lines += _table(mem_rows)
     lines += [
         "fits: within Metal's recommended working set (about 2/3 of memory up to 36 GB, 3/4 above); "

@@ -135,9 +135,9 @@ class SizePlan:
     seconds: float
     other_hazards: tuple[Finding, ...] = ()
 
-    def boundary(self, batch: int, slicing: bool) -> Boundary:
-        """The boundary row for ``batch`` and ``slicing``."""
-        return next(b for b in self.boundaries if b.batch == batch and b.slicing == slicing)
+    def boundary(self, batch: int, slicing: bool) -> Boundary | None:
+        """The boundary row for ``batch`` and ``slicing`` (None when not planned)."""
+        return next((b for b in self.boundaries if b.batch == batch and b.slicing == slicing), None)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -178,17 +178,18 @@ def _finding_dict(finding: Finding | None) -> dict[str, Any] | None:
 
 
 def resolution_step(pipe: Any) -> int:
-    """The step between valid sides: the VAE factor times the denoiser's patch size or total
-    down-sampling (what :func:`pytest_mps.inputs.smallest_size` rounds to)."""
+    """The step between planned sides: a valid size (:func:`pytest_mps.strategies.size_step`) whose
+    latent also survives every down-sampling stage of the denoiser (what
+    :func:`pytest_mps.inputs.smallest_size` rounds to), so buffers grow smoothly from step to step."""
+    import math
+
     from pytest_mps.inputs import _denoiser, _vae_scale_factor
+    from pytest_mps.strategies import size_step
 
     config = getattr(_denoiser(pipe), "config", None)
     blocks = getattr(config, "block_out_channels", None)
     down = 2 ** (len(blocks) - 1) if blocks else 1
-    patch = getattr(config, "patch_size", None) or 1
-    if isinstance(patch, list | tuple):
-        patch = max(int(p) for p in patch)
-    return _vae_scale_factor(pipe) * max(down, int(patch))
+    return math.lcm(size_step(pipe), _vae_scale_factor(pipe) * down)
 
 
 class _Planner:
@@ -312,6 +313,7 @@ def plan_pipeline(
     *,
     batches: tuple[int, ...] = BATCHES,
     sides: tuple[int, ...] = SIDES,
+    slicing: tuple[bool, ...] = (False, True),
     slice_size: str | int = "auto",
     max_side: int = MAX_SIDE,
     source: str = "",
@@ -322,7 +324,8 @@ def plan_pipeline(
 
     Args:
         batches: batch sizes to find the 2**32 boundary for.
-        sides: square sides to estimate peak memory at (batch 1).
+        sides: square sides to estimate peak memory at (batch 1); the batch-1 limits are added.
+        slicing: plan without attention slicing (False), with it (True), or both (the default).
         slice_size: what ``pipe.enable_attention_slicing`` gets for the sliced rows (Diffusers' default
             ``"auto"``: half the heads at a time; ``"max"``: one).
         max_side: the largest side searched.
@@ -336,22 +339,22 @@ def plan_pipeline(
     start = time.perf_counter()
     planner = _Planner(pipe, slice_size=slice_size, max_side=max_side, call=dict(call_overrides))
     try:
-        boundaries = _boundaries(planner, batches, _default_side(pipe) or planner.lo)
+        boundaries = _boundaries(planner, batches, slicing, _default_side(pipe) or planner.lo)
         rows: list[MemoryRow] = []
-        for slicing in (False, True):
-            first = next(b for b in boundaries if b.slicing == slicing and b.batch == min(batches))
-            for side in sides:
-                if side % planner.step or side > planner.hi or side < planner.lo:
+        for sliced in slicing:
+            first = next(b for b in boundaries if b.slicing == sliced and b.batch == min(batches))
+            limit = first.largest_side if first.batch == 1 else None
+            wanted = {s for s in sides if s % planner.step == 0 and planner.lo <= s <= planner.hi}
+            for side in sorted(wanted | ({limit} if limit else set())):
+                if first.batch == 1 and (limit or 0) < side:
+                    # Above the limit a buffer reaches 2**32 bytes a fortiori: no need to trace it.
+                    rows.append(MemoryRow(side, sliced, None, True, {}))
                     continue
-                if first.batch == 1 and (first.largest_side or 0) < side:
-                    # Above the boundary every buffer check fails a fortiori: no need to trace it.
-                    rows.append(MemoryRow(side, slicing, None, True, {t: "abort" for t in TIERS_GB}))
-                    continue
-                probe = planner.probe(side, 1, slicing)
-                verdicts = {t: "abort" for t in TIERS_GB}
+                probe = planner.probe(side, 1, sliced)
+                verdicts: dict[int, str] = {}
                 if probe.memory is not None and not probe.over_limit:
                     verdicts = {t: tier_verdict(probe.memory.peak_bytes, t) for t in TIERS_GB}
-                rows.append(MemoryRow(side, slicing, probe.memory, probe.over_limit, verdicts))
+                rows.append(MemoryRow(side, sliced, probe.memory, probe.over_limit, verdicts))
     finally:
         planner.restore()
     from pytest_mps.emulation.findings import merge_findings
@@ -373,21 +376,23 @@ def plan_pipeline(
     return _with_advice(plan, advice_lines(plan))
 
 
-def _boundaries(planner: _Planner, batches: tuple[int, ...], default: int) -> list[Boundary]:
+def _boundaries(
+    planner: _Planner, batches: tuple[int, ...], slicing: tuple[bool, ...], default: int
+) -> list[Boundary]:
     """Every batch's boundary, without slicing then with it; each search starts from a guess made from
     the boundaries found before it (buffers grow about linearly with the batch, as the side to the
     fourth power where attention scores set the limit)."""
     found: list[Boundary] = []
-    for slicing in (False, True):
+    for sliced in slicing:
         previous: Boundary | None = None
         for batch in sorted(batches):
             if previous is not None and previous.largest_side is not None:
                 guess = previous.largest_side * (previous.batch / batch) ** 0.25
-            elif slicing and found and found[0].largest_side is not None:
+            elif sliced and found and found[0].largest_side is not None:
                 guess = found[0].largest_side * 1.25
             else:
                 guess = default
-            previous = planner.boundary(batch, slicing, int(guess))
+            previous = planner.boundary(batch, sliced, int(guess))
             found.append(previous)
     return found
 

@@ -29,7 +29,7 @@ from pytest_mps.emulation.shape_trace import MetaEmulation
 from pytest_mps.emulation.tensor import EmulatedTensor, is_emulated
 from pytest_mps.plan.memory import LiveBytes, MemoryEstimate, Window, sdpa_transients, unique_bytes
 
-__all__ = ["TracedRun", "model_components", "traced_call"]
+__all__ = ["TracedRun", "has_meta_weights", "model_components", "traced_call"]
 
 _META = torch.device("meta")
 _MISSING = object()
@@ -326,7 +326,7 @@ def traced_call(
         original = _device_of(pipe) if move else None
         try:
             with contextlib.ExitStack() as stack:
-                if move:
+                if move and getattr(original, "type", None) != "mps":
                     pipe.to("mps")
                     weights = [t for m in roots.values() for t in (*m.parameters(), *m.buffers())]
                 stack.enter_context(tracer.installed())
@@ -361,6 +361,14 @@ def traced_call(
         memory=estimate,
         seconds=time.perf_counter() - start,
     )
+
+
+def has_meta_weights(pipe: Any) -> bool:
+    """True for a pipeline built with meta weights (nothing to compute with: it can only be traced)."""
+    for module in model_components(pipe).values():
+        for tensor in module.parameters():
+            return getattr(tensor, "_payload", tensor).device.type == "meta"
+    return False
 
 
 def _nbytes(t: torch.Tensor) -> int:
