@@ -112,6 +112,7 @@ class LiveBytes(TorchDispatchMode):
         self._refs: dict[int, int] = {}  # storage key -> tracked tensors over it
         self._sizes: dict[int, int] = {}
         self._tracked: set[int] = set()  # ids of tracked tensor objects
+        self._aliases: dict[int, int] = {}  # storages allocated while paused -> tensors over them
         self._paused = 0
 
     def exclude(self, tensors: Iterable[torch.Tensor]) -> None:
@@ -121,8 +122,8 @@ class LiveBytes(TorchDispatchMode):
 
     @contextlib.contextmanager
     def paused(self) -> Iterator[None]:
-        """Allocations inside the block are not counted (meta copies that stand for tensors already
-        counted, e.g. the inputs of a traced module)."""
+        """Allocations inside the block are not counted, nor views of them later, while they live
+        (meta copies that stand for tensors already counted, e.g. the inputs of a traced module)."""
         self._paused += 1
         try:
             yield
@@ -170,11 +171,29 @@ class LiveBytes(TorchDispatchMode):
         self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
     ) -> Any:
         out = func(*args, **(kwargs or {}))
-        if not self._paused:
-            for value in tree_iter(out):
-                if isinstance(value, torch.Tensor):
+        for value in tree_iter(out):
+            if isinstance(value, torch.Tensor):
+                if self._paused:
+                    self._alias(_payload(value))
+                else:
                     self._track(_payload(value), func)
         return out
+
+    def _alias(self, t: torch.Tensor) -> None:
+        key = storage_key(t)
+        if key in self._refs or key in self.excluded:
+            return
+        count = self._aliases.get(key, 0)
+        self._aliases[key] = count + 1
+        self.excluded.add(key)
+        weakref.finalize(t, self._release_alias, key)
+
+    def _release_alias(self, key: int) -> None:
+        count = self._aliases.pop(key, 1) - 1
+        if count > 0:
+            self._aliases[key] = count
+        else:
+            self.excluded.discard(key)
 
     def _track(self, t: torch.Tensor, func: Any) -> None:
         ident = id(t)
