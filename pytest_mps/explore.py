@@ -6,7 +6,7 @@ each on the target and on the CPU (``assert_cpu_parity`` by default), and on a d
 Hypothesis shrink it to the smallest input that still fails, which it reports as a readable dict. With
 a ``database`` folder a failure is stored and replayed first next time. Deterministic under a fixed
 ``seed``, or under the ``pytest-mps-ci`` Hypothesis profile (derandomized, no database), which CI loads
-with ``pytest --hypothesis-profile=pytest-mps-ci`` or ``HYPOTHESIS_PROFILE``-style ``settings.load_profile``.
+with ``pytest --hypothesis-profile=pytest-mps-ci`` (or ``settings.load_profile(CI_PROFILE)``).
 
 The result is computed, never raised (:class:`ExploreResult`); the bundled suite turns it into a check.
 """

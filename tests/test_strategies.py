@@ -8,6 +8,7 @@ inputs, and check that ``explore`` reports the smallest such input.
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -23,7 +24,7 @@ from pytest_mps.inputs import DEFAULT_PROMPT, smallest_size
 from pytest_mps.pipelines import load_pipeline, prepare_pipeline
 from pytest_mps.strategies import NON_ASCII_PROMPTS, CallInputs, call_inputs, prompts, size_step
 
-from conftest import FIXTURES
+from conftest import FIXTURES, REPO
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 FIND = settings(max_examples=200, database=None, suppress_health_check=list(HealthCheck))
@@ -249,3 +250,26 @@ def test_the_ci_profile_is_derandomized_without_a_database(emulated: dict[str, A
     assert profile.derandomize and profile.database is None and profile.deadline is None
     result = explore(emulated["tiny-ddpm"], 2, derandomize=True, database=tmp_path / "db", max_batch=1)
     assert result.passed and result.database is None and not (tmp_path / "db").exists()
+
+
+def test_the_readme_example_runs_and_needs_its_health_check_setting(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    readme = (REPO / "README.md").read_text()
+    code = re.search(r"```python\n(# tests/test_explore_inputs.py.*?)```", readme, re.S)
+    assert code, "the README lost its exploration example"
+    source = code.group(1).replace('"fixtures/tiny-sd"', repr(str(FIXTURES / "tiny-sd")))
+    source = source.replace("max_examples=10", "max_examples=2")
+    without = source.replace(", suppress_health_check=[HealthCheck.function_scoped_fixture]", "")
+    without = without.replace("def test_parity_on_any_input", "def test_without_the_setting")
+    assert without != source
+    pytester.makepyfile(test_explore_inputs=source + "\n\n" + without.split("\n\n\n", 1)[1])
+    monkeypatch.delenv("PYTEST_ADDOPTS", raising=False)  # Hypothesis's pytest plugin runs the health check
+    result = pytester.runpytest("--mps-device", "cpu")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*FailedHealthCheck*test_without_the_setting*function-scoped fixture*",
+            "*FAILED*test_without_the_setting*",
+        ]
+    )

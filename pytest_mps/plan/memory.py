@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_iter
+from torch.utils._pytree import tree_flatten
 
 __all__ = ["LiveBytes", "MemoryEstimate", "Window", "sdpa_transients", "storage_key", "unique_bytes"]
 
@@ -171,7 +171,7 @@ class LiveBytes(TorchDispatchMode):
         self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
     ) -> Any:
         out = func(*args, **(kwargs or {}))
-        for value in tree_iter(out):
+        for value in tree_flatten(out)[0]:
             if isinstance(value, torch.Tensor):
                 if self._paused:
                     self._alias(_payload(value))
