@@ -13,6 +13,7 @@ usually costs two or three traces of about a second each.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_mps.emulation.errors import NDARRAY_BYTE_LIMIT
-from pytest_mps.emulation.findings import Finding
+from pytest_mps.emulation.findings import Finding, merge_findings
 from pytest_mps.plan.memory import MemoryEstimate
 from pytest_mps.plan.tiers import TIERS_GB, tier_verdict
 
@@ -357,8 +358,6 @@ def plan_pipeline(
                 rows.append(MemoryRow(side, sliced, probe.memory, probe.over_limit, verdicts))
     finally:
         planner.restore()
-    from pytest_mps.emulation.findings import merge_findings
-
     plan = SizePlan(
         subject=type(pipe).__name__,
         source=source,
@@ -373,7 +372,7 @@ def plan_pipeline(
         seconds=time.perf_counter() - start,
         other_hazards=tuple(merge_findings(planner.others)),
     )
-    return _with_advice(plan, advice_lines(plan))
+    return dataclasses.replace(plan, advice=advice_lines(plan))
 
 
 def _boundaries(
@@ -395,12 +394,6 @@ def _boundaries(
             previous = planner.boundary(batch, sliced, int(guess))
             found.append(previous)
     return found
-
-
-def _with_advice(plan: SizePlan, advice: tuple[str, ...]) -> SizePlan:
-    from dataclasses import replace
-
-    return replace(plan, advice=advice)
 
 
 def _dtype_name(pipe: Any) -> str:
