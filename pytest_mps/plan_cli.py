@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from collections.abc import Sequence
 
 __all__ = ["main"]
@@ -108,14 +109,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     from pytest_mps.plan.size_plan import PlanError, plan_folder
 
     try:
-        plan = plan_folder(
-            args.path,
-            dtype=getattr(torch, args.dtype),
-            batches=args.batches,
-            sides=args.sides,
-            slice_size=args.slice_size,
-            max_side=args.max_side,
-        )
+        with warnings.catch_warnings():
+            # Diffusers' deprecation notices (SDXL's upcast_vae) are about its code, not this plan.
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            plan = plan_folder(
+                args.path,
+                dtype=getattr(torch, args.dtype),
+                batches=args.batches,
+                sides=args.sides,
+                slice_size=args.slice_size,
+                max_side=args.max_side,
+            )
     except PlanInputError as exc:
         print(f"pytest-mps plan: error: {exc}", file=sys.stderr)
         return USAGE_ERROR

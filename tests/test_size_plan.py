@@ -28,7 +28,10 @@ from pytest_mps.plan_cli import main
 
 from conftest import FIXTURES
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+    pytest.mark.filterwarnings("ignore::FutureWarning"),  # Diffusers deprecates SDXL's upcast_vae
+]
 SIZE_KINDS = ("buffer", "attention_scores")
 #: The full plans (every batch, both slicing modes; SDXL) take a minute on 2 busy cores: they run with
 #: PYTEST_MPS_SLOW=1 (and benchmarks/bench_plan.py checks the same boundaries), not by default.
@@ -114,6 +117,18 @@ def test_an_sdxl_shaped_plan_matches_direct_traces(tmp_path: Path) -> None:
     assert boundary is not None and plan.step == 32
     assert boundary.largest_side is not None and 1024 < boundary.largest_side < 2048
     assert boundary.limit is not None and (boundary.limit.module or "").startswith("unet.down_blocks.1")
+    # In float16 SDXL upcasts its VAE to float32 for the decode: the UNet's scores halve, the VAE's do
+    # not, and the VAE's attention sets the limit.
+    half = plan_pipeline(
+        load_meta_pipeline(tmp_path / "sdxl", dtype=torch.float16), batches=(1,), sides=(), slicing=(False,)
+    )
+    limit = half.boundary(1, False)
+    assert (
+        limit is not None
+        and limit.limit is not None
+        and limit.limit.module == "vae.decoder.mid_block.attentions.0"
+    )
+    assert (limit.largest_side or 0) > (boundary.largest_side or 0) and half.dtype == "float16"
 
 
 def test_the_memory_model_follows_tensor_lifetimes() -> None:

@@ -96,8 +96,13 @@ def _tier_line(plan: SizePlan, tier: int) -> str:
         least = min(known, key=lambda r: r.memory.peak_bytes if r.memory else 0)
         need = gib(least.memory.peak_bytes if least.memory else None)
         return (
-            head + f"no planned size fits (batch 1; {least.side}x{least.side} needs {need}): "
-            "expect swapping, or load the weights in float16"
+            head
+            + f"no planned size fits (batch 1; {least.side}x{least.side} needs {need}): "
+            + (
+                "expect swapping, or load the weights in float16"
+                if plan.dtype == "float32"
+                else "expect swapping"
+            )
         )
     parts = [f"up to {off}x{off} without slicing" if off else "no planned size fits without slicing"]
     if on and (off is None or on > off):

@@ -234,6 +234,40 @@ def _swapped(swaps: list[tuple[dict[str, Any], str, torch.Tensor]]) -> Iterator[
             store[key] = original
 
 
+@contextlib.contextmanager
+def _meta_dtype_casts(roots: Mapping[str, torch.nn.Module]) -> Iterator[None]:
+    """Let the pipeline cast models with meta weights (SDXL upcasts its float16 VAE to float32 for the
+    decode and back): ``module.to(dtype)`` casts the meta payloads; a device move stays where it is."""
+
+    def cast(module: torch.nn.Module) -> Any:
+        def to(*args: Any, **kwargs: Any) -> torch.nn.Module:
+            _device, dtype, _non_blocking, _format = torch._C._nn._parse_to(*args, **kwargs)
+            if dtype is not None:
+
+                def convert(t: torch.Tensor) -> torch.Tensor:
+                    if is_emulated(t) and t.is_floating_point() and t.dtype != dtype:
+                        return EmulatedTensor(t._payload.to(dtype))
+                    return t
+
+                with torch.no_grad():
+                    module._apply(convert)
+            return module
+
+        return to
+
+    patched = [(module, module.__dict__.get("to", _MISSING)) for module in roots.values()]
+    try:
+        for module, _ in patched:
+            module.to = cast(module)  # type: ignore[method-assign]
+        yield
+    finally:
+        for module, previous in patched:
+            if previous is _MISSING:
+                module.__dict__.pop("to", None)
+            else:
+                module.to = previous  # type: ignore[method-assign]
+
+
 def _to_meta(value: Any) -> Any:
     """Emulated inputs become meta stand-ins of the same shape; plain tensors stay as they are (a CPU
     tensor handed to a model on MPS is a device error on a Mac, and the trace reports it)."""
@@ -330,6 +364,8 @@ def traced_call(
                     pipe.to("mps")
                     weights = [t for m in roots.values() for t in (*m.parameters(), *m.buffers())]
                 stack.enter_context(tracer.installed())
+                if has_meta_weights(pipe):
+                    stack.enter_context(_meta_dtype_casts(roots))
                 if tracker is not None:
                     tracker.exclude(weights)
                     stack.enter_context(tracker)
