@@ -3,8 +3,11 @@ and report every hazard, with the aten op, dtypes, shapes, bytes, owning module 
 
 ``audit(pipe)`` runs the pipeline for real on the emulated target, collecting instead of raising, so one
 run lists every float64, complex tensor, missing kernel, CPU fallback, oversized buffer and oversized
-attention score matrix. ``audit_module(unet, spec(2, 4, 128, 128), ...)`` checks production sizes without
-allocating them (meta payloads). ``assert_no_mps_hazards`` turns a report into a test assertion.
+attention score matrix. Above :data:`TRACE_ABOVE_PIXELS` output pixels per call it traces the pipeline's
+models on meta tensors instead (:mod:`pytest_mps.plan.trace`), so ``audit(pipe, height=4096, width=4096)``
+returns in seconds with the same size findings. ``audit_module(unet, spec(2, 4, 128, 128), ...)`` checks
+one module at production sizes without allocating them. ``assert_no_mps_hazards`` turns a report into a
+test assertion.
 """
 
 from __future__ import annotations
@@ -20,7 +23,16 @@ from pytest_mps.emulation.findings import SEVERITIES, Finding, merge_findings
 if TYPE_CHECKING:
     from pytest_mps.emulation.shape_trace import TensorSpec, spec
 
-__all__ = ["AuditReport", "TensorSpec", "assert_no_mps_hazards", "audit", "audit_module", "spec"]
+__all__ = [
+    "TRACE_ABOVE_PIXELS",
+    "AuditReport",
+    "TensorSpec",
+    "assert_no_mps_hazards",
+    "audit",
+    "audit_module",
+    "output_pixels",
+    "spec",
+]
 
 
 def __getattr__(name: str) -> Any:
@@ -34,6 +46,16 @@ def __getattr__(name: str) -> Any:
 
 _LABEL = "emulated mps (stand-in: MPS rules, CPU arithmetic)"
 _TRACE_LABEL = "emulated mps, meta trace (stand-in: MPS rules, shapes only, nothing allocated)"
+_TRACED_PIPELINE_LABEL = (
+    "emulated mps, models traced on meta tensors (stand-in: MPS rules at full size, shapes only; "
+    "the models' outputs were not computed)"
+)
+
+#: ``audit()`` traces the models instead of running them above this many output pixels per call
+#: (height x width x images): a real CPU run that large takes minutes and gigabytes (the tiny SD pipeline
+#: at 4096x4096 had not finished after 10 minutes), a traced one seconds. 512x512 is Stable Diffusion
+#: 1.5's native size.
+TRACE_ABOVE_PIXELS = 512 * 512
 
 
 @dataclass(frozen=True)
@@ -49,7 +71,11 @@ class AuditReport:
         seconds: wall time of the audited run.
         call: the call's arguments, summarised (JSON-able).
         output: the run's output (``output_type="np"`` images for pipelines; meta-backed emulated tensors
-            for module traces); not part of ``to_dict()``.
+            for module traces; None for a traced pipeline, whose values were not computed); not part of
+            ``to_dict()``.
+        traced: True when the pipeline's models were traced on meta tensors instead of computed.
+        memory: for a traced pipeline, the estimated peak device memory
+            (:class:`~pytest_mps.plan.memory.MemoryEstimate`).
     """
 
     findings: tuple[Finding, ...]
@@ -60,6 +86,8 @@ class AuditReport:
     seconds: float = 0.0
     call: Mapping[str, Any] = field(default_factory=dict)
     output: Any = field(default=None, compare=False, repr=False)
+    traced: bool = False
+    memory: Any = None
 
     def with_severity(self, *severities: str) -> tuple[Finding, ...]:
         """Findings of the given severities."""
@@ -102,6 +130,16 @@ class AuditReport:
         head = f"MPS hazard audit of {self.subject or '?'} on {self.target_label}"
         status = "completed" if self.completed else f"STOPPED: {self.stopped_by}"
         lines = [head, f"run {status} in {self.seconds:.2f}s; {_summary(self)}"]
+        if self.traced:
+            lines.append(
+                "traced: the models ran on meta tensors (shapes and dtypes at full size, no values), so "
+                "size, dtype and kernel hazards are reported, numerical ones are not"
+            )
+            if self.memory is not None:
+                lines.append(
+                    f"estimated peak memory {_bytes(self.memory.peak_bytes)} "
+                    f"(weights {_bytes(self.memory.weights_bytes)}; see pytest-mps plan)"
+                )
         if not self.findings:
             lines.append("no MPS hazards found")
             return "\n".join(lines)
@@ -144,6 +182,8 @@ class AuditReport:
             "ok": self.ok,
             "counts": {s: len(self.with_severity(s)) for s in SEVERITIES},
             "call": dict(self.call),
+            "traced": self.traced,
+            "memory": self.memory.to_dict() if self.memory is not None else None,
             "findings": [f.to_dict() for f in self.findings],
         }
 
@@ -248,7 +288,13 @@ def _exception_finding(exc: BaseException) -> Finding:
 
 
 # -- the audits ---------------------------------------------------------------------------------------
-def audit(pipe: Any, inputs: Mapping[str, Any] | None = None, **call_overrides: Any) -> AuditReport:
+def audit(
+    pipe: Any,
+    inputs: Mapping[str, Any] | None = None,
+    *,
+    trace: bool | None = None,
+    **call_overrides: Any,
+) -> AuditReport:
     """Run ``pipe`` once on the emulated MPS target, collecting every MPS hazard instead of raising.
 
     Args:
@@ -257,6 +303,11 @@ def audit(pipe: Any, inputs: Mapping[str, Any] | None = None, **call_overrides: 
             become new ``Parameter`` objects over the same memory).
         inputs: call arguments; default: ``pytest_mps.inputs.default_inputs(pipe)``. Generators are
             copied, so the caller's are not consumed.
+        trace: trace the models on meta tensors (True), compute them (False), or decide by size (None:
+            traced above :data:`TRACE_ABOVE_PIXELS` output pixels, and for a pipeline with meta weights
+            such as :func:`pytest_mps.plan.meta_pipeline.load_meta_pipeline` builds). A traced report
+            says so (``report.traced``, its label and ``format()``), has no output, and adds the
+            estimated peak memory.
         call_overrides: extra call arguments (``height=1024``, ``num_inference_steps=4``...).
             ``output_type`` defaults to ``"np"``.
 
@@ -271,6 +322,8 @@ def audit(pipe: Any, inputs: Mapping[str, Any] | None = None, **call_overrides: 
     call = {**(_default_inputs(pipe) if inputs is None else dict(inputs)), **call_overrides}
     call.setdefault("output_type", "np")
     call = _fresh(call)
+    if trace if trace is not None else _heavy(pipe, call):
+        return _traced_audit(pipe, call)
     emulation = EmulatedMPS(collect=True)
     extra: list[Finding] = []
     output: Any = None
@@ -302,6 +355,56 @@ def audit(pipe: Any, inputs: Mapping[str, Any] | None = None, **call_overrides: 
         seconds=seconds,
         call=_summarise_call(call),
         output=images,
+    )
+
+
+def output_pixels(call: Mapping[str, Any]) -> int:
+    """Pixels a call asks for: height x width x images (prompts or labels or ``batch_size``, times
+    ``num_images_per_prompt``); 0 when the call names no size."""
+    height, width = call.get("height"), call.get("width")
+    if not isinstance(height, int) or not isinstance(width, int):
+        return 0
+    items = 1
+    for key in ("prompt", "class_labels", "image"):
+        value = call.get(key)
+        if isinstance(value, list | tuple):
+            items = max(items, len(value))
+    if isinstance(call.get("batch_size"), int):
+        items = max(items, call["batch_size"])
+    per_prompt = call.get("num_images_per_prompt")
+    return height * width * items * (per_prompt if isinstance(per_prompt, int) and per_prompt > 0 else 1)
+
+
+def _heavy(pipe: Any, call: Mapping[str, Any]) -> bool:
+    """A real run would be heavy (above :data:`TRACE_ABOVE_PIXELS`), or impossible (meta weights)."""
+    from pytest_mps.plan.trace import has_meta_weights
+
+    return output_pixels(call) > TRACE_ABOVE_PIXELS or has_meta_weights(pipe)
+
+
+def _traced_audit(pipe: Any, call: dict[str, Any]) -> AuditReport:
+    from pytest_mps.emulation.errors import MPSAbortError
+    from pytest_mps.plan.trace import traced_call
+
+    run = traced_call(pipe, call, memory=True)
+    extra: list[Finding] = []
+    stopped_by = None
+    if isinstance(run.error, MPSAbortError):
+        stopped_by = f"MPSAbortError: {run.error.assertion}"
+    elif run.error is not None:
+        stopped_by = f"{type(run.error).__name__}: {run.error}"
+        extra.append(_exception_finding(run.error))
+    return AuditReport(
+        findings=merge_findings([*run.findings, *extra]),
+        target_label=_TRACED_PIPELINE_LABEL,
+        subject=type(pipe).__name__,
+        completed=run.error is None,
+        stopped_by=stopped_by,
+        seconds=run.seconds,
+        call=_summarise_call(call),
+        output=None,
+        traced=True,
+        memory=run.memory,
     )
 
 
@@ -397,10 +500,11 @@ def assert_no_mps_hazards(
     allow: Iterable[str] = (),
     *,
     fail_on: Iterable[str] = SEVERITIES,
+    trace: bool | None = None,
     **call_overrides: Any,
 ) -> AuditReport:
-    """Audit ``pipe`` (see :func:`audit`) and raise ``AssertionError`` with the report's table when any
-    finding remains.
+    """Audit ``pipe`` (see :func:`audit`, also for ``trace``) and raise ``AssertionError`` with the
+    report's table when any finding remains.
 
     Args:
         allow: finding kinds (``"complex"``, ``"fallback"``...) or ops (``"aten::_fft_r2c"``,
@@ -411,7 +515,7 @@ def assert_no_mps_hazards(
     Returns:
         The report, when the assertion holds.
     """
-    report = audit(pipe, inputs, **call_overrides)
+    report = audit(pipe, inputs, trace=trace, **call_overrides)
     tolerated = set(allow)
     failing = set(fail_on)
     bad = [

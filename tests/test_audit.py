@@ -9,6 +9,8 @@
    scheduler, float64 RoPE frequencies, FreeU's complex FFT (diffusers #7569), an op without an MPS kernel,
    a 17-dimensional tensor, and attention whose score matrix passes 2**32 bytes only at 1024x1024 (found by
    the meta trace without allocating it). The same hazards raise MPS's exceptions in raising mode.
+3. Above 512x512 output pixels ``audit()`` traces the pipeline's models on meta tensors: the same findings
+   as a real run, in seconds, at sizes a real CPU run cannot reach (4096x4096: benchmarks/bench_plan.py).
 """
 
 from __future__ import annotations
@@ -31,7 +33,14 @@ from diffusers import DDIMScheduler, DiffusionPipeline, UNet2DConditionModel
 from pytest_mps.emulation import EmulatedMPS, Finding, MPSAbortError
 from pytest_mps.emulation.errors import missing_kernel_message
 from pytest_mps.emulation.shape_trace import spec
-from pytest_mps.hazard_audit import AuditReport, assert_no_mps_hazards, audit, audit_module
+from pytest_mps.hazard_audit import (
+    TRACE_ABOVE_PIXELS,
+    AuditReport,
+    assert_no_mps_hazards,
+    audit,
+    audit_module,
+    output_pixels,
+)
 from pytest_mps.inputs import default_inputs
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
@@ -137,6 +146,7 @@ def test_audit_of_a_stock_pipeline_is_clean(pipelines: Any, pipeline: str) -> No
     expected = _run(pipe)
     torch.manual_seed(0)
     report = assert_no_mps_hazards(pipe)
+    assert not report.traced  # the smallest size runs for real
     assert report.ok and report.completed and report.findings == ()
     assert report.errors == () and report.aborts == ()
     np.testing.assert_array_equal(report.output, expected)
@@ -403,3 +413,59 @@ def test_abort_during_an_audit_is_reported_not_raised() -> None:
     with pytest.raises(AssertionError, match="the run stopped"):
         assert_no_mps_hazards(Pipe(), inputs={}, allow=("buffer",))
     assert isinstance(MPSAbortError("x"), RuntimeError)
+
+
+# -- traced pipeline audits -----------------------------------------------------------------------------
+def _keys(report: AuditReport) -> list[tuple[Any, ...]]:
+    return sorted(
+        (f.kind, f.severity, f.op, f.module, f.source, f.count, f.dtypes, f.shapes) for f in report.findings
+    )
+
+
+def test_a_traced_audit_reports_what_a_real_run_reports(hazardous_pipe: Any) -> None:
+    real = audit(hazardous_pipe, trace=False)
+    traced = audit(hazardous_pipe, trace=True)
+    assert not real.traced and traced.traced
+    assert _keys(traced) == _keys(real) and len(real.findings) == 6  # module paths and source lines too
+    assert traced.output is None and real.output is not None  # a trace computes no values
+    assert "models traced on meta tensors" in traced.target_label
+    text = traced.format()
+    assert "traced: the models ran on meta tensors" in text and "estimated peak memory" in text
+    data = json.loads(json.dumps(traced.to_dict()))
+    assert data["traced"] is True and data["memory"]["weights_bytes"] > 0
+    assert hazardous_pipe.device.type == "cpu"
+
+
+def test_a_large_audit_is_traced_and_names_the_oversized_attention_scores(pipelines: Any) -> None:
+    pipe = pipelines("tiny-sd")
+    weight = pipe.unet.conv_in.weight.data_ptr()
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    report = audit(pipe, height=1024, width=1024)  # 1024x1024 > TRACE_ABOVE_PIXELS: traced automatically
+    grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before
+    assert report.traced and report.completed, report.format()
+    scores = {f.module: f for f in report.findings if f.kind == "attention_scores"}
+    # tiny-sd: VAE factor 2, so the latent is 512x512; the UNet attends at 256x256 (2 heads, CFG batch 2),
+    # the VAE decoder's mid block at 512x512 (1 head).
+    unet = 2 * 2 * (256 * 256) ** 2 * 4
+    expected = {
+        "unet.down_blocks.1.attentions.0.transformer_blocks.0.attn1": unet,
+        "unet.mid_block.attentions.0.transformer_blocks.0.attn1": unet,
+        "unet.up_blocks.0.attentions.0.transformer_blocks.0.attn1": unet,
+        "unet.up_blocks.0.attentions.1.transformer_blocks.0.attn1": unet,
+        "vae.decoder.mid_block.attentions.0": (512 * 512) ** 2 * 4,
+    }
+    assert {m: f.nbytes for m, f in scores.items()} == expected
+    assert all(
+        f.severity == "abort" and "attention_processor.py" in (f.source or "") for f in scores.values()
+    )
+    assert grown_kib < 1024 * 1024  # terabytes of scores, gigabytes of activations: none allocated
+    assert pipe.device.type == "cpu" and pipe.unet.conv_in.weight.data_ptr() == weight  # weights untouched
+
+
+def test_output_pixels_counts_every_image_of_a_call() -> None:
+    assert output_pixels({"height": 512, "width": 512}) == TRACE_ABOVE_PIXELS
+    assert output_pixels({"height": 64, "width": 32, "prompt": ["a", "b"], "num_images_per_prompt": 3}) == (
+        64 * 32 * 6
+    )
+    assert output_pixels({"height": 64, "width": 64, "batch_size": 4}) == 64 * 64 * 4
+    assert output_pixels({"prompt": "a"}) == 0  # no size asked: never traced automatically
