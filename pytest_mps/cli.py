@@ -34,6 +34,7 @@ Tell whether Diffusers pipelines work on Apple's MPS backend.
 commands:
   check PATH [PATH ...]        run the compatibility suite on pipeline folders and print the verdict table
   merge REPORT.json ...        join JSON reports of CI shards or runners into one report
+  plan PATH                    the largest sizes under MPS's 2**32-byte buffer limit, and peak memory per Mac
   init-ci                      write a GitHub Actions workflow: emulated pre-check on Linux, real MPS on a Mac
   sign-receipt REPORT.json     sign a run's verdict with your SSH key (MPS evidence from your Mac)
   verify-receipt RECEIPT.json  check a signed receipt in CI: only an unchanged real-MPS badge run passes
@@ -203,8 +204,6 @@ def pytest_arguments(options: argparse.Namespace, paths: Sequence[str], device: 
         "--rootdir",
         str(suite),
         "--no-header",
-        "-p",
-        "no:cacheprovider",
         # Libraries' own deprecations are not the pipeline's MPS story; UserWarnings (MPS fallbacks) stay.
         "-W",
         "ignore::DeprecationWarning",
@@ -217,6 +216,12 @@ def pytest_arguments(options: argparse.Namespace, paths: Sequence[str], device: 
         "--mps-pipelines",
         *(str(Path(p).expanduser().resolve()) for p in paths),
     ]
+    if options.explore:
+        # Hypothesis's example database lives in pytest's cache, here in the working folder: a failing
+        # input found once replays first next time.
+        args += ["-o", f"cache_dir={Path.cwd() / '.pytest_cache'}"]
+    else:
+        args += ["-p", "no:cacheprovider"]
     for opt in _check_options():
         value = device if opt.name == "device" else getattr(options, opt.name)
         if opt.kind == "flag":
@@ -290,6 +295,7 @@ def _delegate(module: str) -> Callable[[Sequence[str]], int]:
 COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "check": check,
     "merge": _delegate("pytest_mps.merge"),
+    "plan": _delegate("pytest_mps.plan_cli"),
     "init-ci": _delegate("pytest_mps.ci_workflow"),
     "sign-receipt": _delegate("pytest_mps.receipts.sign"),
     "verify-receipt": _delegate("pytest_mps.receipts.verify"),

@@ -106,6 +106,14 @@ def worker_slots(text: str) -> int:
     return value
 
 
+def explore_examples(text: str) -> int:
+    """Examples to explore: a whole number, 0 (off) or more."""
+    value = int(_number(text, int, "a whole number of examples"))
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give 0 (off) or more examples")
+    return value
+
+
 def check_ids(text: str) -> tuple[str, ...]:
     """Comma-separated check ids of :mod:`pytest_mps.registry`."""
     from pytest_mps.registry import check_list
@@ -336,6 +344,16 @@ OPTIONS: tuple[Option, ...] = (
         metavar="LIST",
     ),
     Option(
+        "explore",
+        "the bundled suite's exploration check: N Hypothesis examples of each pipeline's inputs (sizes, "
+        "batches, prompts) on the target against the CPU, a failure shrunk to its smallest input "
+        "(default 0: off)",
+        type=explore_examples,
+        default=0,
+        cli="--explore",
+        metavar="N",
+    ),
+    Option(
         "receipt",
         "after the run, write a signed receipt of its verdict and figures to FILE (and FILE.sig): MPS "
         "evidence from a contributor's Mac that pytest-mps verify-receipt checks in CI",
@@ -393,6 +411,7 @@ class Settings:
     size: int | None = None
     schedulers: str = "compatible"
     checks: tuple[str, ...] | None = None
+    explore: int = 0
     receipt: Path | None = None
     receipt_key: Path | None = None
     allow_pickle: bool = False

@@ -199,6 +199,16 @@ _SPECS: tuple[CheckSpec, ...] = (
         guards="float64, complex, missing kernels, buffers over 2**32 bytes",
     ),
     CheckSpec(
+        id="explore",
+        proves="N explored inputs (sizes, batches, prompts) match the CPU on the target (--explore N)",
+        figure="examples tried",
+        required=False,
+        function="pytest_mps.suite.explore_check:check_explore",
+        # Each explored input is compared with the CPU; a failing input is reported as the smallest one.
+        cross_check=False,
+        guards="failures that depend on the input: batching (#363), sizes off multiples of 64",
+    ),
+    CheckSpec(
         id="speed",
         proves="the target is faster than the CPU on the same inputs (judged on real MPS only)",
         figure="CPU time / target time",

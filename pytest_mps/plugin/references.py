@@ -169,8 +169,6 @@ def reference_lines(config: pytest.Config, *, verbose: bool) -> list[str]:
         lines.append(
             f"references: --mps-update-references rewrote nothing: no CPU reference was used ({why})"
         )
-    elif verbose:
-        lines.append(f"references: none used ({where})")
     for entry in summary["corrupted"]:
         lines.append(f"corrupted reference recomputed and rewritten: {entry['file']} ({entry['problem']})")
     for entry in summary["unreadable"]:

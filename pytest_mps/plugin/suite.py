@@ -70,9 +70,10 @@ def install(config: pytest.Config) -> None:
             check_folder(Path(path).expanduser(), allow_pickle=True)
         except PipelineLoadError as exc:
             raise pytest.UsageError(str(exc)) from None
-    config.stash[_STATE] = SuiteState(
-        specs=pipeline_specs(settings.pipelines), checks=settings.checks or check_ids()
-    )
+    checks = settings.checks or check_ids()
+    if not settings.explore and not (settings.checks and "explore" in settings.checks):
+        checks = tuple(c for c in checks if c != "explore")  # exploration is off unless asked for
+    config.stash[_STATE] = SuiteState(specs=pipeline_specs(settings.pipelines), checks=checks)
 
 
 def _state(config: pytest.Config) -> SuiteState:
@@ -98,7 +99,16 @@ def suite_settings(config: pytest.Config) -> SuiteSettings:
         references=str(store.folder) if store is not None and settings.isolate else None,
         update_references=settings.update_references,
         localize=settings.localize,
+        explore=settings.explore,
+        explore_database=_explore_database(config) if settings.explore else None,
     )
+
+
+def _explore_database(config: pytest.Config) -> str | None:
+    """Hypothesis's example database for the exploration check, in pytest's cache folder (a failure
+    found once replays first next time); none without the cache."""
+    cache = getattr(config, "cache", None)
+    return str(cache.mkdir("pytest-mps-explore")) if cache is not None else None
 
 
 def plan_lines(labels: Sequence[str], target: Target, settings: Settings) -> list[str]:

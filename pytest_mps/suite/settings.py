@@ -74,6 +74,8 @@ class SuiteSettings:
         references: the folder of stored CPU references (a worker process opens its own store there).
         update_references: rewrite stored references (``--mps-update-references``).
         localize: say where a failing parity check's divergence starts.
+        explore: examples of the exploration check (0: off); ``explore_database``: Hypothesis's example
+            database folder.
     """
 
     device: str
@@ -85,11 +87,15 @@ class SuiteSettings:
     references: str | None = None
     update_references: bool = False
     localize: bool = True
+    explore: int = 0
+    explore_database: str | None = None
 
     def check_options(self, check: str) -> dict[str, Any]:
         """Keyword arguments the suite passes to check ``check``'s function."""
         if check == "schedulers" and self.schedulers:
             return {"schedulers": list(self.schedulers)}
+        if check == "explore":
+            return {"examples": self.explore or 20, "database": self.explore_database}
         return {}
 
     def to_dict(self) -> dict[str, Any]:
@@ -104,6 +110,8 @@ class SuiteSettings:
             "references": self.references,
             "update_references": self.update_references,
             "localize": self.localize,
+            "explore": self.explore,
+            "explore_database": self.explore_database,
         }
 
     @classmethod
@@ -119,4 +127,6 @@ class SuiteSettings:
             references=data.get("references"),
             update_references=bool(data.get("update_references", False)),
             localize=bool(data.get("localize", True)),
+            explore=int(data.get("explore", 0)),
+            explore_database=data.get("explore_database"),
         )
