@@ -18,6 +18,28 @@ if TYPE_CHECKING:
 __all__ = ["CheckResult", "Status", "format_figure"]
 
 
+def _accepts_passed(cls: type) -> type:
+    """``CheckResult(passed=...)`` (0.1) still works for one release, with a DeprecationWarning:
+    results now carry a :class:`Status`."""
+    init = cls.__init__
+
+    def __init__(self: Any, *args: Any, passed: bool | None = None, **kwargs: Any) -> None:
+        if passed is not None:
+            import warnings
+
+            warnings.warn(
+                "CheckResult(passed=...) is deprecated; pass status=Status.PASSED or Status.FAILED",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            kwargs.setdefault("status", Status.PASSED if passed else Status.FAILED)
+        init(self, *args, **kwargs)
+
+    __init__.__doc__ = init.__doc__
+    cls.__init__ = __init__  # type: ignore[method-assign]
+    return cls
+
+
 def format_figure(value: float | None) -> str:
     """A metric in a short, readable form (``2.1e-06``, ``0.0312``, ``inf``): 4 significant digits
     between 0.01 and 10000, scientific notation outside."""
@@ -55,6 +77,7 @@ _HEADINGS = {
 }
 
 
+@_accepts_passed
 @dataclass
 class CheckResult:
     """The outcome of one check on one pipeline.
@@ -103,6 +126,10 @@ class CheckResult:
     def passed(self) -> bool:
         """True when the check did not fail (passed, or not applicable)."""
         return self.status.ok
+
+    @passed.setter
+    def passed(self, value: bool) -> None:  # deprecated: set ``status``
+        self.status = Status.PASSED if value else Status.FAILED
 
     @property
     def outcome(self) -> str:

@@ -52,3 +52,20 @@ def test_a_real_mps_session_that_only_checked_parity_prints_no_badge(pytester: p
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["target: mps: an MPS verdict", "verdicts:", "  sd: no badge yet: load, *"])
     assert "earns the MPS badge" not in result.stdout.str()
+
+
+def test_names_of_0_1_still_work_for_one_release_with_a_deprecation_warning() -> None:
+    import importlib
+    import sys
+
+    from pytest_mps.results import CheckResult
+    from pytest_mps.verdict import Status
+
+    with pytest.warns(DeprecationWarning, match="passed="):
+        old = CheckResult("cpu_parity", passed=False)
+    assert old.status is Status.FAILED
+    for name in ("pytest_mps.report_plugin", "pytest_mps.summary"):
+        sys.modules.pop(name, None)
+        with pytest.warns(DeprecationWarning, match="deprecated"):
+            module = importlib.import_module(name)
+        assert module.__all__
