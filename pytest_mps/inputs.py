@@ -22,8 +22,8 @@ from pytest_mps.input_sizes import (
 )
 
 __all__ = [
-    "DEFAULT_PROMPT",
     "BATCHED_KEYS",
+    "DEFAULT_PROMPT",
     "default_inputs",
     "expand_batch",
     "fresh_inputs",
@@ -337,5 +337,6 @@ def expand_batch(inputs: dict[str, Any], batch_size: int) -> dict[str, Any]:
         generator = generator[0]
     if isinstance(generator, torch.Generator):
         seed = generator.initial_seed()
-        out["generator"] = [torch.Generator(generator.device).manual_seed(seed + i) for i in range(batch_size)]
+        device = generator.device
+        out["generator"] = [torch.Generator(device).manual_seed(seed + i) for i in range(batch_size)]
     return out

@@ -126,8 +126,17 @@ def build(name: str) -> Any:
 def save(name: str, folder: str | Path) -> Path:
     """Build zoo entry ``name`` and save it to ``folder`` (replaced) with safetensors weights, ready for
     ``pytest-mps check``."""
+    from transformers.utils import logging as transformers_logging
+
     folder = Path(folder)
     if folder.exists():
         shutil.rmtree(folder)
-    build(name).save_pretrained(folder, safe_serialization=True)
+    pipe = build(name)
+    shown = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
+    try:
+        pipe.save_pretrained(folder, safe_serialization=True)
+    finally:
+        if shown:
+            transformers_logging.enable_progress_bar()
     return folder

@@ -23,8 +23,13 @@ def _roberta_tokenizer() -> Any:
 
 def audioldm2() -> Any:
     """``AudioLDM2Pipeline``: returns waveforms (``audios``)."""
-    from diffusers import AudioLDM2Pipeline, AudioLDM2ProjectionModel, AudioLDM2UNet2DConditionModel, DDIMScheduler
-    from diffusers import AutoencoderKL
+    from diffusers import (
+        AudioLDM2Pipeline,
+        AudioLDM2ProjectionModel,
+        AudioLDM2UNet2DConditionModel,
+        AutoencoderKL,
+        DDIMScheduler,
+    )
     from transformers import (
         ClapConfig,
         ClapFeatureExtractor,
@@ -94,7 +99,9 @@ def audioldm2() -> Any:
         GPT2LMHeadModel, GPT2Config(n_embd=16, n_head=1, n_layer=1, vocab_size=300, n_ctx=99, n_positions=99)
     )
     language_model.config.max_new_tokens = 8
-    projection = seeded(AudioLDM2ProjectionModel, text_encoder_dim=16, text_encoder_1_dim=32, langauge_model_dim=16)
+    projection = seeded(
+        AudioLDM2ProjectionModel, text_encoder_dim=16, text_encoder_1_dim=32, langauge_model_dim=16
+    )
     vocoder = seeded(
         SpeechT5HifiGan,
         SpeechT5HifiGanConfig(

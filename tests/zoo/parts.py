@@ -9,6 +9,7 @@ Diffusers' own pipeline tests, so a build is the same on every run of one torch 
 from __future__ import annotations
 
 import importlib.util
+import re
 from functools import cache
 from pathlib import Path
 from types import ModuleType
@@ -37,10 +38,15 @@ _FIXTURE_BUILDER = Path(__file__).resolve().parents[2] / "fixtures" / "build_fix
 
 # The words the zoo's prompts use (pytest_mps.inputs' prompts and Diffusers' test prompts), so the
 # word-level tokenizers below see known words rather than only single characters.
-_WORDS = (
-    "a photo of an astronaut riding horse on mars watercolor painting lighthouse at dawn red cube blue "
-    "table squirrel eating burger dance monkey negative low quality hammer hitting wooden surface"
-).split()
+_WORDS = tuple(
+    re.findall(
+        r"[a-z]+",
+        """
+        a photo of an astronaut riding horse on mars watercolor painting lighthouse at dawn red cube blue
+        table squirrel eating burger dance monkey negative low quality hammer hitting wooden surface
+        """,
+    )
+)
 _CHARACTERS = list("abcdefghijklmnopqrstuvwxyz0123456789.,!?'-:;()")
 
 
@@ -102,9 +108,7 @@ def gemma_tokenizer(model_max_length: int = 512) -> Any:
             merges.append((left, right))
             vocab.setdefault(left + right, len(vocab))
             symbols = [left + right, *symbols[2:]]
-    return GemmaTokenizer(
-        vocab=vocab, merges=list(dict.fromkeys(merges)), model_max_length=model_max_length
-    )
+    return GemmaTokenizer(vocab=vocab, merges=list(dict.fromkeys(merges)), model_max_length=model_max_length)
 
 
 def bert_tokenizer(model_max_length: int = 77) -> Any:

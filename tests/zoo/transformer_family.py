@@ -17,7 +17,17 @@ from zoo.parts import (
     t5_tokenizer,
 )
 
-__all__ = ["aura_flow", "dit", "flux", "hunyuan_dit", "lumina2", "pixart_alpha", "pixart_sigma", "sana", "sd3"]
+__all__ = [
+    "aura_flow",
+    "dit",
+    "flux",
+    "hunyuan_dit",
+    "lumina2",
+    "pixart_alpha",
+    "pixart_sigma",
+    "sana",
+    "sd3",
+]
 
 
 def dit() -> Any:

@@ -38,6 +38,7 @@ def _sd_scheduler() -> Any:
         beta_schedule="scaled_linear",
         clip_sample=False,
         set_alpha_to_one=False,
+        steps_offset=1,
     )
 
 
@@ -102,7 +103,11 @@ def lcm() -> Any:
 
     parts = _sd_components(time_cond_proj_dim=32)
     parts["scheduler"] = LCMScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
     )
     return LatentConsistencyModelPipeline(**parts)
 
@@ -182,7 +187,9 @@ def animatediff() -> Any:
     return AnimateDiffPipeline(
         unet=unet,
         motion_adapter=adapter,
-        scheduler=DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="linear", clip_sample=False),
+        scheduler=DDIMScheduler(
+            beta_start=0.00085, beta_end=0.012, beta_schedule="linear", clip_sample=False
+        ),
         vae=kl_vae(levels=2, channels=8),
         text_encoder=clip_text_encoder(tokenizer, 8, num_attention_heads=2),
         tokenizer=tokenizer,
@@ -298,7 +305,11 @@ def kandinsky3() -> Any:
         thresholding=False,
     )
     return Kandinsky3Pipeline(
-        unet=unet, scheduler=scheduler, movq=_movq(), text_encoder=t5_text_encoder(), tokenizer=t5_tokenizer(128)
+        unet=unet,
+        scheduler=scheduler,
+        movq=_movq(),
+        text_encoder=t5_text_encoder(),
+        tokenizer=t5_tokenizer(128),
     )
 
 

@@ -13,7 +13,12 @@ __all__ = ["allegro", "cogvideox", "latte", "ltx", "wan"]
 def wan() -> Any:
     """``WanPipeline``: a 3-D patch ``(1, 2, 2)`` transformer (a list ``patch_size``) whose time embedder
     and norms stay in float32 (``_keep_in_fp32_modules``: loading it needs ``accelerate``)."""
-    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
+    from diffusers import (
+        AutoencoderKLWan,
+        FlowMatchEulerDiscreteScheduler,
+        WanPipeline,
+        WanTransformer3DModel,
+    )
 
     vae = seeded(
         AutoencoderKLWan,

@@ -1,0 +1,150 @@
+"""The pipeline zoo (``tests/zoo``): one tiny pipeline per Diffusers family.
+
+Default run: every entry builds, gets a complete default call, and runs on the CPU and on the emulated
+MPS target with a readable, finite output of the same shape on both; an entry whose verdict is a
+load or inference failure fails there, with its cause, where it must (the emulated target only for an
+MPS hazard; the CPU too for a pipeline Diffusers breaks everywhere). About 30 s on an idle 2-core
+machine.
+
+With ``--run-slow``: the full verdict of ``pytest-mps check --device emulated`` on each saved entry,
+against the failing checks the entry records (``python benchmarks/zoo.py`` prints the same table).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import zoo
+from zoo import CPU_TOO, MPS_HAZARD, PASSES, ZooEntry
+
+from pytest_mps.emulated_target import cpu_arithmetic
+from pytest_mps.emulation import EmulatedMPS
+from pytest_mps.inputs import default_inputs
+from pytest_mps.running import Run, run_pipeline
+
+from conftest import REPO
+
+ENTRIES = [
+    pytest.param(entry, id=entry.name, marks=[pytest.mark.slow] if entry.slow else [])
+    for entry in zoo.ZOO.values()
+]
+# A failure in these checks happens in the default run's load-and-infer step too.
+_EARLY = ("load", "inference")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    """Tiny models gain nothing from intra-op threads; on a busy 2-core machine OpenMP's spinning
+    threads make them several times slower. Restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _attempt(step: Callable[[], Run]) -> Run | BaseException:
+    try:
+        return step()
+    except Exception as exc:
+        return exc
+
+
+def _emulated(pipe: Any, inputs: dict[str, Any]) -> Run:
+    pipe.to("mps")
+    try:
+        return run_pipeline(pipe, inputs)
+    finally:
+        pipe.to("cpu")
+
+
+def _fails_early(entry: ZooEntry) -> bool:
+    return any(check in _EARLY for check in entry.failing)
+
+
+def test_the_zoo_covers_the_families() -> None:
+    assert len(zoo.ZOO) >= 25
+    assert len({entry.pipeline for entry in zoo.ZOO.values()}) == len(zoo.ZOO)
+    kinds = {entry.kind.split(" from ")[0] for entry in zoo.ZOO.values()}
+    assert kinds >= {"image", "video", "audio", "embeddings"}
+    for entry in zoo.ZOO.values():
+        assert (entry.verdict == PASSES) == (not entry.failing), entry.name
+        assert entry.verdict in (PASSES, MPS_HAZARD, CPU_TOO), entry.name
+        assert not entry.failing or entry.cause, f"{entry.name}: a failing entry says why"
+
+
+@pytest.mark.parametrize("entry", ENTRIES)
+def test_zoo_pipeline_runs_on_the_cpu_and_emulated_mps(entry: ZooEntry) -> None:
+    # Built with the emulation on, as on a Mac: some models choose dtypes at construction from
+    # torch.backends.mps.is_available() (Lumina 2's RoPE table is float64 without MPS).
+    with EmulatedMPS():
+        pipe = entry.build()
+        inputs = default_inputs(pipe)
+        with cpu_arithmetic():
+            cpu = _attempt(lambda: run_pipeline(pipe, inputs))
+        target = _attempt(lambda: _emulated(pipe, inputs))
+    if entry.verdict == CPU_TOO and _fails_early(entry):
+        for outcome in (cpu, target):
+            assert isinstance(outcome, Exception) and entry.cause in str(outcome), outcome
+        return
+    assert isinstance(cpu, Run), f"{entry.name} failed on the CPU: {cpu!r}"
+    assert np.isfinite(cpu.array).all() and cpu.array.size and cpu.array.std() > 0
+    if entry.verdict == MPS_HAZARD and _fails_early(entry):
+        assert isinstance(target, Exception) and entry.cause in str(target), target
+        return
+    assert isinstance(target, Run), f"{entry.name} failed on emulated MPS: {target!r}"
+    assert target.array.shape == cpu.array.shape and np.isfinite(target.array).all()
+
+
+# --- the full verdicts (slow) ---------------------------------------------------------------------
+
+
+def check_outcomes(report: dict[str, Any], label: str) -> dict[str, dict[str, Any]]:
+    """The suite's check results for pipeline ``label`` in a ``--mps-report-json`` report, by check."""
+    return {
+        row["details"].get("suite_check", row["check"]): row
+        for row in report["checks"]
+        if row["pipeline"] == label
+    }
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("entry", ENTRIES)
+def test_zoo_verdict(entry: ZooEntry, tmp_path: Path) -> None:
+    missing = zoo.missing_modules(entry)
+    if missing:
+        pytest.skip(f"{entry.name} needs {', '.join(missing)} to load from a folder")
+    folder = zoo.save(entry.name, tmp_path / entry.name)
+    report_path = tmp_path / "report.json"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest_mps",
+            "check",
+            "--device",
+            "emulated",
+            str(folder),
+            f"--mps-report-json={report_path}",
+            "-q",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        check=False,
+        timeout=1200,
+    )
+    results = check_outcomes(json.loads(report_path.read_text()), entry.name)
+    failed = {name for name, row in results.items() if row["outcome"] == "failed"}
+    assert failed == set(entry.failing), {name: results[name]["failures"][:1] for name in failed}
+    messages = " ".join(" ".join(results[name]["failures"]) for name in failed)
+    assert entry.cause in messages
+    # TODO(issue 10, core): once the verdict carries the CPU cross-check, assert that CPU_TOO entries
+    # are labelled "fails on the CPU too" and never counted as MPS hazards, and that MPS_HAZARD
+    # entries are not.
