@@ -39,26 +39,6 @@ def built() -> Callable[[str], Any]:
     return get
 
 
-@pytest.mark.parametrize("name", list(zoo.ZOO))
-def test_every_zoo_pipeline_gets_a_complete_call(built, name: str) -> None:
-    pipe = built(name)
-    inputs = default_inputs(pipe)
-    params = inspect.signature(pipe.__call__).parameters
-    required = [
-        n
-        for n, p in params.items()
-        if p.default is inspect.Parameter.empty and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
-    ]
-    assert set(required) <= set(inputs)
-    assert set(inputs) <= set(params)
-    if "height" in inputs:
-        side = inputs["height"]
-        assert side == inputs["width"] and side % spatial_multiple(pipe) == 0
-        assert side <= MIN_SIDE or side == spatial_multiple(pipe)
-    if "use_resolution_binning" in params:
-        assert inputs["use_resolution_binning"] is False
-
-
 def test_existing_fixtures_keep_their_inputs() -> None:
     sd = default_inputs(load_pipeline(FIXTURES / "tiny-sd"))
     assert set(sd) == {"prompt", "height", "width", "num_inference_steps", "generator", "output_type"}

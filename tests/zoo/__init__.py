@@ -23,12 +23,35 @@ from typing import Any
 
 from zoo import audio_family, transformer_family, unet_family, video_family
 
-__all__ = ["CPU_TOO", "MPS_HAZARD", "PASSES", "ZOO", "ZooEntry", "build", "missing_modules", "save"]
+__all__ = [
+    "CALLING_CHECKS",
+    "CPU_TOO",
+    "MPS_HAZARD",
+    "PASSES",
+    "ZOO",
+    "ZooEntry",
+    "build",
+    "missing_modules",
+    "save",
+]
 
 #: The verdicts a zoo entry can expect.
 PASSES = "passes"
 MPS_HAZARD = "MPS hazard"
 CPU_TOO = "fails on the CPU too"
+
+#: The suite's checks that call the pipeline (all but ``load``): a pipeline whose call raises fails them all.
+CALLING_CHECKS = (
+    "inference",
+    "cpu_parity",
+    "batch",
+    "attention_slicing",
+    "determinism",
+    "float16",
+    "schedulers",
+    "audit",
+    "speed",
+)
 
 
 @dataclass(frozen=True)
@@ -43,7 +66,11 @@ class ZooEntry:
         builder: returns the pipeline, float32, on the CPU, in eval mode.
         verdict: :data:`PASSES`, :data:`MPS_HAZARD` or :data:`CPU_TOO`.
         failing: the checks expected to fail (empty for :data:`PASSES`).
-        cause: what makes them fail: a phrase the failure message contains.
+        cause: a phrase the failure messages contain.
+        why: what makes them fail, for people (with the Diffusers detail).
+        harness: checks that fail today because of a harness rule the core is changing (issue 10:
+            float16's absolute limit on a stand-in), each with a phrase its failure contains; they are
+            expected to fail until that lands, then this field is emptied.
         slow: left out of the default test run (the zoo benchmark runs it).
         needs: modules the saved folder needs to load (``accelerate``).
     """
@@ -55,8 +82,38 @@ class ZooEntry:
     verdict: str = PASSES
     failing: tuple[str, ...] = ()
     cause: str = ""
+    why: str = ""
+    harness: tuple[tuple[str, str], ...] = ()
     slow: bool = False
     needs: tuple[str, ...] = ()
+
+    @property
+    def failing_today(self) -> tuple[str, ...]:
+        """The checks ``pytest-mps check --device emulated`` fails today: :attr:`failing` and
+        :attr:`harness`."""
+        return self.failing + tuple(check for check, _ in self.harness if check not in self.failing)
+
+    def judge(self, failed: dict[str, list[str]]) -> list[str]:
+        """How the failed checks of a ``pytest-mps check`` run (check name -> failure lines) differ from
+        what this entry expects today (:attr:`failing_today`, with :attr:`cause` in their messages and
+        each :attr:`harness` phrase in its check's); empty when they match."""
+        problems = []
+        if set(failed) != set(self.failing_today):
+            unexpected = sorted(set(failed) - set(self.failing_today))
+            missing = sorted(set(self.failing_today) - set(failed))
+            if unexpected:
+                first = {name: (failed[name] or ["?"])[0] for name in unexpected}
+                problems.append(f"unexpected failures {first}")
+            if missing:
+                problems.append(f"expected failures that did not happen: {', '.join(missing)}")
+            return problems
+        own = " ".join(line for name in self.failing for line in failed[name])
+        if self.failing and self.cause not in own:
+            problems.append(f"{', '.join(self.failing)} failed, but not for {self.cause!r}")
+        for check, phrase in self.harness:
+            if check not in self.failing and phrase not in " ".join(failed[check]):
+                problems.append(f"{check} failed, but not for {phrase!r}")
+        return problems
 
     def build(self) -> Any:
         """The pipeline, built now (progress bars off)."""
@@ -94,7 +151,13 @@ ZOO: dict[str, ZooEntry] = _entries(
         "kandinsky22-decoder", "KandinskyV22Pipeline", "image from image embeddings", u.kandinsky22_decoder
     ),
     ZooEntry(
-        "stable-cascade-prior", "StableCascadePriorPipeline", "embeddings from text", u.stable_cascade_prior
+        "stable-cascade-prior",
+        "StableCascadePriorPipeline",
+        "embeddings from text",
+        u.stable_cascade_prior,
+        # Its embeddings are not 0-1 images (std ~120): float16 rounding moves them by ~0.5, past the
+        # absolute limit of 0.1, at a cosine distance of 1e-6, on the cpu target as much as emulated.
+        harness=(("float16", "exceeds atol 0.1"),),
     ),
     ZooEntry("dit", "DiTPipeline", "image from class", t.dit),
     ZooEntry("ddpm", "DDPMPipeline", "image from noise", u.ddpm),
@@ -102,10 +165,48 @@ ZOO: dict[str, ZooEntry] = _entries(
     ZooEntry("animatediff", "AnimateDiffPipeline", "video from text", u.animatediff),
     ZooEntry("wan", "WanPipeline", "video from text", v.wan, needs=("accelerate",)),
     ZooEntry("ltx", "LTXPipeline", "video from text", v.ltx),
-    ZooEntry("cogvideox", "CogVideoXPipeline", "video from text", v.cogvideox),
-    ZooEntry("latte", "LattePipeline", "video from text", v.latte),
-    ZooEntry("allegro", "AllegroPipeline", "video from text", v.allegro),
-    ZooEntry("audioldm2", "AudioLDM2Pipeline", "audio from text", audio_family.audioldm2),
+    ZooEntry(
+        "cogvideox",
+        "CogVideoXPipeline",
+        "video from text",
+        v.cogvideox,
+        verdict=MPS_HAZARD,
+        failing=("load",),
+        cause="float64",
+        why="its sin/cos position table (transformer.patch_embed.pos_embedding) is a float64 buffer "
+        "built at construction: moving the pipeline to MPS fails",
+    ),
+    ZooEntry(
+        "latte",
+        "LattePipeline",
+        "video from text",
+        v.latte,
+        verdict=CPU_TOO,
+        failing=("batch",),
+        cause="batch item 0",
+        why="a batched call differs from single calls (by 0.26) on the CPU as well, even for equal prompts",
+    ),
+    ZooEntry(
+        "allegro",
+        "AllegroPipeline",
+        "video from text",
+        v.allegro,
+        verdict=CPU_TOO,
+        failing=CALLING_CHECKS,
+        cause="Decoding without tiling has not been implemented yet",
+        why="its VAE decodes only with pipe.vae.enable_tiling(), which a saved pipeline does not remember",
+    ),
+    ZooEntry(
+        "audioldm2",
+        "AudioLDM2Pipeline",
+        "audio from text",
+        audio_family.audioldm2,
+        verdict=CPU_TOO,
+        failing=("batch",),
+        cause="cosine distance",
+        why="in a batch, the shorter prompt is padded and its generated conditioning changes (cosine "
+        "distance 3.7e-3 against the single call), on the CPU as well",
+    ),
 )
 
 

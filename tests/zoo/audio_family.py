@@ -96,7 +96,17 @@ def audioldm2() -> Any:
         ),
     )
     language_model = seeded(
-        GPT2LMHeadModel, GPT2Config(n_embd=16, n_head=1, n_layer=1, vocab_size=300, n_ctx=99, n_positions=99)
+        GPT2LMHeadModel,
+        GPT2Config(
+            n_embd=16,
+            n_head=1,
+            n_layer=1,
+            vocab_size=300,
+            n_ctx=99,
+            n_positions=99,
+            bos_token_id=0,
+            eos_token_id=2,
+        ),
     )
     language_model.config.max_new_tokens = 8
     projection = seeded(
