@@ -150,6 +150,7 @@ ZOO: dict[str, ZooEntry] = _entries(
     ZooEntry(
         "kandinsky22-decoder", "KandinskyV22Pipeline", "image from image embeddings", u.kandinsky22_decoder
     ),
+    ZooEntry("kandinsky22-prior", "KandinskyV22PriorPipeline", "embeddings from text", u.kandinsky22_prior),
     ZooEntry(
         "stable-cascade-prior",
         "StableCascadePriorPipeline",

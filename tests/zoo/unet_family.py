@@ -1,5 +1,6 @@
-"""Zoo builders for the UNet pipelines: Stable Diffusion (text, image and inpainting), SDXL,
-ControlNet, LCM, AnimateDiff, DDPM, DDIM, Kandinsky 2.2 and 3, and the Stable Cascade prior.
+"""Zoo builders for the UNet pipelines and the priors: Stable Diffusion (text, image and inpainting),
+SDXL, ControlNet, LCM, AnimateDiff, DDPM, DDIM, Kandinsky 2.2 (prior and decoder) and 3, and the
+Stable Cascade prior.
 
 Configs follow the ``get_dummy_components`` of Diffusers' tests for each pipeline (tiny channel
 counts, one or two levels), with the local tokenizers of :mod:`zoo.parts`.
@@ -20,6 +21,7 @@ __all__ = [
     "ddpm",
     "kandinsky3",
     "kandinsky22_decoder",
+    "kandinsky22_prior",
     "lcm",
     "sd",
     "sd_img2img",
@@ -279,6 +281,47 @@ def kandinsky22_decoder() -> Any:
         steps_offset=1,
     )
     return KandinskyV22Pipeline(unet=unet, scheduler=scheduler, movq=_movq())
+
+
+def kandinsky22_prior() -> Any:
+    """``KandinskyV22PriorPipeline``: an unCLIP-style prior from text to CLIP image embeddings (it
+    returns ``image_embeds`` and ``negative_image_embeds``, which the decoder takes)."""
+    from diffusers import KandinskyV22PriorPipeline, PriorTransformer, UnCLIPScheduler
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    prior = seeded(
+        PriorTransformer, num_attention_heads=2, attention_head_dim=12, embedding_dim=32, num_layers=1
+    )
+    with torch.no_grad():  # clip_std starts at 0, which would scale every embedding to 0
+        prior.clip_std.fill_(1.0)
+    image_encoder = seeded(
+        CLIPVisionModelWithProjection,
+        CLIPVisionConfig(
+            hidden_size=32,
+            image_size=32,
+            projection_dim=32,
+            intermediate_size=37,
+            num_attention_heads=4,
+            num_channels=3,
+            num_hidden_layers=2,
+            patch_size=8,
+        ),
+    )
+    tokenizer = clip_tokenizer()
+    return KandinskyV22PriorPipeline(
+        prior=prior,
+        image_encoder=image_encoder,
+        text_encoder=clip_text_encoder(tokenizer, 32, projection=True),
+        tokenizer=tokenizer,
+        scheduler=UnCLIPScheduler(
+            variance_type="fixed_small_log",
+            prediction_type="sample",
+            num_train_timesteps=1000,
+            clip_sample=True,
+            clip_sample_range=10.0,
+        ),
+        image_processor=CLIPImageProcessor(crop_size=32, size=32),
+    )
 
 
 def kandinsky3() -> Any:
