@@ -91,7 +91,11 @@ def _check(entry: zoo.ZooEntry, folder: Path, report: Path) -> dict[str, list[st
         "-p",
         "no:cacheprovider",
     ]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(dict.fromkeys([str(ROOT), *paths]))}
+    # Tiny pipelines gain nothing from intra-op threads, and on a busy small machine OpenMP's spinning
+    # threads make every call several times slower.
+    env.setdefault("OMP_NUM_THREADS", "1")
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
     if not report.exists():
         tail = (done.stdout + done.stderr).strip().splitlines()[-1:] or ["no output"]

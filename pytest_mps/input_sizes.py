@@ -20,6 +20,7 @@ __all__ = [
     "denoiser",
     "frame_count",
     "frame_parameter",
+    "image_side",
     "smallest_size",
     "spatial_factor",
     "spatial_multiple",

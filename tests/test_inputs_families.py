@@ -133,9 +133,16 @@ def test_batches_split_into_the_items_that_reproduce_them(built, name: str) -> N
                 assert np.array_equal(np.asarray(single[key]), np.asarray(value)), key
             elif key not in ("generator", "prompt", "class_labels"):
                 assert single[key] == value, key
-    expanded = expand_batch(default_inputs(pipe), 3)
-    assert [len(split_batch(expanded, 3))] == [3]
+    single = default_inputs(pipe)
+    expanded = expand_batch(single, 3)
     assert [g.initial_seed() for g in expanded["generator"]] == [0, 1, 2]
+    for i, item in enumerate(split_batch(expanded, 3)):  # expanding then splitting gives the item back
+        assert item["generator"].initial_seed() == i
+        for key, value in single.items():
+            if isinstance(value, torch.Tensor):
+                assert torch.equal(item[key], value), key
+            elif key != "generator":
+                assert item[key] == value or np.array_equal(np.asarray(item[key]), np.asarray(value)), key
 
 
 def test_a_call_that_needs_an_unknown_argument_says_which() -> None:
