@@ -22,9 +22,7 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import json
-import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,6 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "tests"), str(ROOT)]
 
 import zoo  # noqa: E402
+from zoo.checking import CheckRunError, failed_checks, run_check  # noqa: E402
 
 DOC = ROOT / "docs" / "diffusers-status.md"
 
@@ -77,37 +76,6 @@ class Row:
         return text
 
 
-def _check(entry: zoo.ZooEntry, folder: Path, report: Path) -> dict[str, list[str]]:
-    command = [
-        sys.executable,
-        "-m",
-        "pytest_mps",
-        "check",
-        "--device",
-        "emulated",
-        str(folder),
-        f"--mps-report-json={report}",
-        "-q",
-        "-p",
-        "no:cacheprovider",
-    ]
-    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(dict.fromkeys([str(ROOT), *paths]))}
-    # Tiny pipelines gain nothing from intra-op threads, and on a busy small machine OpenMP's spinning
-    # threads make every call several times slower.
-    env.setdefault("OMP_NUM_THREADS", "1")
-    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
-    if not report.exists():
-        tail = (done.stdout + done.stderr).strip().splitlines()[-1:] or ["no output"]
-        raise RuntimeError(f"pytest-mps check wrote no report (exit {done.returncode}): {tail[0]}")
-    failed: dict[str, list[str]] = {}
-    for row in json.loads(report.read_text())["checks"]:
-        if row["pipeline"] == entry.name and row["outcome"] == "failed":
-            name = row["details"].get("suite_check", row["check"])
-            failed[name] = list(row["failures"]) or [row.get("summary") or "failed"]
-    return failed
-
-
 def run_entry(entry: zoo.ZooEntry, workdir: Path) -> Row:
     """Save ``entry`` under ``workdir`` and check it in a fresh process; the seconds are the check's
     wall time (start-up of the checking process included)."""
@@ -117,10 +85,10 @@ def run_entry(entry: zoo.ZooEntry, workdir: Path) -> Row:
     folder = zoo.save(entry.name, workdir / entry.name)
     start = time.perf_counter()
     try:
-        failed = _check(entry, folder, workdir / f"{entry.name}.json")
-    except RuntimeError as exc:
+        report = run_check(folder, workdir / f"{entry.name}.json")
+    except CheckRunError as exc:
         return Row(entry, {}, time.perf_counter() - start, str(exc))
-    return Row(entry, failed, time.perf_counter() - start)
+    return Row(entry, failed_checks(report, entry.name), time.perf_counter() - start)
 
 
 def _versions() -> str:

@@ -13,9 +13,6 @@ against the failing checks the entry records (``python benchmarks/zoo.py`` print
 from __future__ import annotations
 
 import inspect
-import json
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -25,14 +22,13 @@ import pytest
 import torch
 import zoo
 from zoo import CPU_TOO, MPS_HAZARD, PASSES, ZooEntry
+from zoo.checking import failed_checks, run_check
 
 from pytest_mps.emulated_target import cpu_arithmetic
 from pytest_mps.emulation import EmulatedMPS
 from pytest_mps.input_sizes import MIN_SIDE, spatial_multiple
 from pytest_mps.inputs import default_inputs
 from pytest_mps.running import Run, run_pipeline
-
-from conftest import REPO
 
 pytestmark = pytest.mark.filterwarnings("ignore:`past_key_values` is deprecated:FutureWarning")
 
@@ -142,15 +138,6 @@ def test_zoo_pipeline_runs_on_the_cpu_and_emulated_mps(entry: ZooEntry) -> None:
 # --- the full verdicts (slow) ---------------------------------------------------------------------
 
 
-def check_outcomes(report: dict[str, Any], label: str) -> dict[str, dict[str, Any]]:
-    """The suite's check results for pipeline ``label`` in a ``--mps-report-json`` report, by check."""
-    return {
-        row["details"].get("suite_check", row["check"]): row
-        for row in report["checks"]
-        if row["pipeline"] == label
-    }
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("entry", ENTRIES)
 def test_zoo_verdict(entry: ZooEntry, tmp_path: Path) -> None:
@@ -158,27 +145,8 @@ def test_zoo_verdict(entry: ZooEntry, tmp_path: Path) -> None:
     if missing:
         pytest.skip(f"{entry.name} needs {', '.join(missing)} to load from a folder")
     folder = zoo.save(entry.name, tmp_path / entry.name)
-    report_path = tmp_path / "report.json"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest_mps",
-            "check",
-            "--device",
-            "emulated",
-            str(folder),
-            f"--mps-report-json={report_path}",
-            "-q",
-        ],
-        cwd=REPO,
-        capture_output=True,
-        check=False,
-        timeout=1200,
-    )
-    results = check_outcomes(json.loads(report_path.read_text()), entry.name)
-    failed = {name: row["failures"] for name, row in results.items() if row["outcome"] == "failed"}
-    assert not entry.judge(failed)
+    report = run_check(folder, tmp_path / "report.json")
+    assert entry.judge(failed_checks(report, entry.name)) == []
     # TODO(issue 10, core): once the verdict carries the CPU cross-check, assert that CPU_TOO entries
     # are labelled "fails on the CPU too" and never counted as MPS hazards, and that MPS_HAZARD
     # entries are not.
