@@ -18,7 +18,9 @@ if TYPE_CHECKING:
     from pytest_mps.target import Target
 
 __all__ = [
+    "OUTPUT_FIELDS",
     "Run",
+    "UnreadableOutputError",
     "moved",
     "noise_in_float32",
     "output_array",
@@ -38,31 +40,121 @@ class Run:
     dtype: str = "float32"
 
 
+#: The output fields read as a pipeline's result, in order: images, video frames, audio, then the
+#: embeddings that priors return (Stable Cascade's ``image_embeddings``, Kandinsky's ``image_embeds``),
+#: then latents.
+OUTPUT_FIELDS: tuple[str, ...] = (
+    "images",
+    "frames",
+    "videos",
+    "audios",
+    "audio",
+    "image_embeddings",
+    "image_embeds",
+    "latents",
+)
+
+
+class UnreadableOutputError(TypeError):
+    """A pipeline output that :func:`output_array` cannot turn into an array; the message is one line
+    naming the output class and its fields."""
+
+
 def output_array(output: Any) -> np.ndarray:
-    """The images (or frames, or audio) of a pipeline output as a numpy array of its own float dtype
-    (float32 when it came as PIL images)."""
+    """The result of a pipeline call as a numpy array of its own float dtype (float32 when it came as
+    PIL images or integers).
+
+    Reads a Diffusers output's first field of :data:`OUTPUT_FIELDS` (images; video frames as
+    ``(batch, frames, height, width, channels)``; audio; prior embeddings; latents), a tuple's first
+    element (``return_dict=False``), or a bare array, tensor or list of PIL images (nested lists for
+    videos).
+
+    Raises:
+        UnreadableOutputError: one line naming the output's class and fields.
+    """
+    value = _result_value(output)
+    try:
+        array = _as_array(value)
+    except (TypeError, ValueError) as exc:
+        raise UnreadableOutputError(
+            f"cannot read the output of the pipeline: {_describe(output)} ({exc}); pytest-mps reads "
+            f"{', '.join(OUTPUT_FIELDS)}: pass output_type='np' or compare the output yourself"
+        ) from None
+    return array
+
+
+def _fields(output: Any) -> list[str]:
+    import dataclasses
+
+    if dataclasses.is_dataclass(output):
+        return [f.name for f in dataclasses.fields(output)]
+    if isinstance(output, dict):
+        return [str(k) for k in output]
+    return [k for k in vars(output) if not k.startswith("_")] if hasattr(output, "__dict__") else []
+
+
+def _describe(output: Any) -> str:
+    fields = _fields(output)
+    what = type(output).__name__
+    return f"{what} with fields {', '.join(fields)}" if fields else what
+
+
+def _result_value(output: Any) -> Any:
+    """The part of ``output`` that is the result (see :func:`output_array`)."""
+    for attr in OUTPUT_FIELDS:
+        value = output.get(attr) if isinstance(output, dict) else getattr(output, attr, None)
+        if value is not None:
+            return value
+    if isinstance(output, tuple) and output and (isinstance(output[0], list) or hasattr(output[0], "shape")):
+        return output[0]  # return_dict=False: (images, ...)
+    if isinstance(output, tuple | list) or hasattr(output, "shape") or _is_image(output):
+        return output
+    raise UnreadableOutputError(
+        f"cannot read the output of the pipeline: {_describe(output)} holds none of "
+        f"{', '.join(OUTPUT_FIELDS)}; compare its output yourself (pass the array to pytest_mps.compare)"
+    )
+
+
+def _as_array(value: Any) -> np.ndarray:
     import numpy as np
     import torch
 
-    value = output
-    for attr in ("images", "frames", "audios", "videos"):
-        if hasattr(output, attr):
-            value = getattr(output, attr)
-            break
-    else:
-        if isinstance(output, tuple | list) and output and not _is_image(output[0]):
-            value = output[0]
     if isinstance(value, torch.Tensor):
         from pytest_mps.devices import plain_cpu
 
         value = plain_cpu(value.detach().to("cpu"))
         if value.dtype == torch.bfloat16:
             value = value.float()
-        return value.numpy()
-    if isinstance(value, list) and value and _is_image(value[0]):
-        return np.stack([np.asarray(im, dtype=np.float32) / 255.0 for im in value])
-    array = np.asarray(value)
-    return array if array.dtype.kind == "f" else array.astype(np.float32)
+        return _floating(value.numpy())
+    if _is_image(value):
+        return np.asarray(value, dtype=np.float32)[None] / 255.0
+    if isinstance(value, list | tuple):
+        if not value:
+            return np.zeros((0,), dtype=np.float32)
+        if _is_image(value[0]):  # a batch of PIL images
+            return np.stack([np.asarray(im, dtype=np.float32) / 255.0 for im in value])
+        if isinstance(value[0], list | tuple | torch.Tensor) or hasattr(value[0], "shape"):
+            # a batch of videos (lists of PIL frames) or of per-item arrays and tensors
+            return np.stack([_item_array(item) for item in value])
+    return _floating(np.asarray(value))
+
+
+def _item_array(item: Any) -> np.ndarray:
+    import numpy as np
+
+    if isinstance(item, list | tuple) and item and _is_image(item[0]):
+        return np.stack([np.asarray(im, dtype=np.float32) / 255.0 for im in item])
+    return _as_array(item)
+
+
+def _floating(array: np.ndarray) -> np.ndarray:
+    import numpy as np
+
+    if array.dtype.kind == "f":
+        return array
+    if array.dtype.kind in "iub":
+        return array.astype(np.float32)
+    raise ValueError(f"its values are {array.dtype}, not real numbers")
 
 
 def _is_image(value: Any) -> bool:

@@ -75,3 +75,22 @@ def _lean_inner_runs(monkeypatch: pytest.MonkeyPatch) -> None:
     """Inner pytest runs (pytester) skip Hypothesis's plugin: pytester's sys.modules snapshot makes it
     re-import on every in-process run (1.5 s each), and no inner run here uses it."""
     monkeypatch.setenv("PYTEST_ADDOPTS", "-p no:hypothesispytest")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--run-slow", action="store_true", help="also run the tests marked slow (the zoo's full verdicts)"
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "slow: minutes long; skipped unless --run-slow (the zoo's verdicts)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--run-slow"):
+        return
+    skip = pytest.mark.skip(reason="slow: run with --run-slow (or python benchmarks/zoo.py)")
+    for item in items:
+        if item.get_closest_marker("slow") is not None:
+            item.add_marker(skip)
