@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["InputSpec", "Inputs", "batched", "call_inputs"]
+__all__ = ["InputSpec", "Inputs", "call_inputs"]
 
 
 @dataclass(frozen=True)
@@ -48,35 +48,6 @@ def call_inputs(pipe: Any, inputs: Inputs, *, batch_size: int = 1) -> dict[str, 
     copy of a caller's dict (expanded to ``batch_size`` items when that is more than one)."""
     if inputs is None or isinstance(inputs, InputSpec):
         return (inputs or InputSpec()).build(pipe, batch_size=batch_size)
-    if batch_size > 1:
-        return batched(inputs, batch_size)
-    from pytest_mps.inputs import fresh_inputs
+    from pytest_mps.inputs import expand_batch, fresh_inputs
 
-    return fresh_inputs(inputs)
-
-
-def batched(inputs: dict[str, Any], batch_size: int) -> dict[str, Any]:
-    """Turn single-item inputs into a batch of ``batch_size`` (one generator per item, seeded
-    ``seed + i``, so item ``i`` can be reproduced alone)."""
-    import torch
-
-    from pytest_mps.inputs import fresh_inputs
-
-    out = fresh_inputs(inputs)
-    for key in ("prompt", "negative_prompt", "class_labels", "image", "mask_image"):
-        value = out.get(key)
-        if value is not None and not isinstance(value, list):
-            out[key] = [value] * batch_size
-        elif isinstance(value, list) and len(value) == 1:  # DiT's one-item class_labels
-            out[key] = value * batch_size
-    if "batch_size" in out:
-        out["batch_size"] = batch_size
-    generator = out.get("generator")
-    if isinstance(generator, list) and len(generator) == 1:
-        generator = generator[0]
-    if isinstance(generator, torch.Generator):
-        seed = generator.initial_seed()
-        out["generator"] = [
-            torch.Generator(generator.device).manual_seed(seed + i) for i in range(batch_size)
-        ]
-    return out
+    return expand_batch(inputs, batch_size) if batch_size > 1 else fresh_inputs(inputs)

@@ -46,6 +46,11 @@ def _describe_load_error(source: str, exc: BaseException) -> str:
             f"{source}: a safetensors file is corrupt or truncated ({type(exc).__name__}: {text}); "
             "re-save or re-download the pipeline"
         )
+    if "keep_in_fp32_modules" in text or "accelerate" in lowered:
+        return (
+            f"{source}: this pipeline keeps modules in float32 and Diffusers needs accelerate to load it "
+            f"({type(exc).__name__}: {text}); pip install accelerate"
+        )
     return f"{source}: could not load the pipeline ({type(exc).__name__}: {text})"
 
 
