@@ -114,10 +114,21 @@ def _database_key(pipe: Any) -> bytes:
     return hashlib.blake2b(text.encode(), digest_size=16).digest()
 
 
-def _cpu_parity(pipe: Any, inputs: dict[str, Any]) -> Any:
-    from pytest_mps.checks import assert_cpu_parity
+class _RefusedEverywhere(Exception):
+    """The pipeline fails this input on the CPU as well: not an MPS finding (Hypothesis draws again)."""
 
-    return assert_cpu_parity(pipe, inputs)
+
+def _cpu_parity(pipe: Any, inputs: dict[str, Any]) -> Any:
+    """The default comparison: :func:`pytest_mps.check_cpu_parity`, whose CPU cross-check tells a
+    failure of the target from one the CPU shares."""
+    from pytest_mps.checks import check_cpu_parity
+    from pytest_mps.checks.common import assert_result
+    from pytest_mps.verdict import Status
+
+    result = check_cpu_parity(pipe, inputs)
+    if result.status is Status.CPU_TOO:
+        raise _RefusedEverywhere(result.summary)
+    return assert_result(result)
 
 
 @contextlib.contextmanager
@@ -137,9 +148,10 @@ def _quiet_diffusers() -> Iterator[None]:
 def _fails_on_cpu(pipe: Any, inputs: dict[str, Any]) -> bool:
     """True when the same call raises on the CPU as well."""
     from pytest_mps.checks import cpu_reference
+    from pytest_mps.context import current_context
 
     try:
-        cpu_reference(pipe, inputs)
+        cpu_reference(pipe, inputs, ctx=current_context(pipe))
     except Exception:
         return True
     return False
@@ -211,6 +223,9 @@ def explore(
         calls.append(1)
         try:
             compare(pipe, inputs)
+        except _RefusedEverywhere:
+            invalid.append(1)
+            reject()
         except AssertionError as exc:
             failures.append((inputs, exc))
             raise

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pytest_mps.environment import MPSEnvironment, detect_environment
+from pytest_mps.labels import target_label, target_name_of
 from pytest_mps.options import DEVICE_VARIABLE as ENV_VARIABLE
 from pytest_mps.options import TARGET_CHOICES
 
@@ -26,12 +27,6 @@ __all__ = [
     "target_name_of",
 ]
 
-_STANDIN_LABELS = {
-    "emulated": "emulated mps (stand-in: MPS rules, CPU arithmetic)",
-    "cuda": "cuda (stand-in for mps)",
-    "xpu": "xpu (stand-in for mps)",
-    "cpu": "cpu (stand-in for mps: CPU against CPU, a dry run)",
-}
 
 
 class TargetError(ValueError):
@@ -86,7 +81,7 @@ class Target:
             return "mps"
         if not self.available:
             return "none"
-        return _STANDIN_LABELS[self.name]
+        return target_label(self.name)
 
     def torch_device(self) -> torch.device:
         """The ``torch.device`` pipelines are moved to."""
@@ -140,15 +135,6 @@ class Target:
         if self.name == "mps":
             return int(backend.driver_allocated_memory())
         return int(backend.max_memory_allocated())
-
-
-def target_name_of(label: str) -> str:
-    """The target name (``mps``, ``emulated``, ``cuda``...) behind a :attr:`Target.label` (reports keep
-    labels); an unknown label is returned as it is."""
-    for name, text in _STANDIN_LABELS.items():
-        if label == text:
-            return name
-    return label
 
 
 def _explain_mps(env: MPSEnvironment) -> str:

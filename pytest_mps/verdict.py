@@ -194,7 +194,7 @@ def pipeline_verdict(
             default read from the results' target labels.
         skip_reasons: why checks were skipped, for a verdict that nothing ran.
     """
-    from pytest_mps.target import target_name_of
+    from pytest_mps.labels import target_name_of
 
     rows = [r for r in results if status_of(r) is not Status.SKIPPED]
     statuses = combined_statuses(rows)

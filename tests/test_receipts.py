@@ -33,6 +33,7 @@ from pytest_mps.receipts import (
 from pytest_mps.receipts.sign import main as sign_main
 from pytest_mps.receipts.ssh import sign_bytes
 from pytest_mps.receipts.verify import main as verify_main
+from pytest_mps.registry import required_checks
 from pytest_mps.reports.model import SCHEMA_PATH, build_report
 
 from conftest import FIXTURES
@@ -90,7 +91,9 @@ def check_record(
     }
     return {
         "check": check,
+        "status": outcome,
         "outcome": outcome,
+        "figure": 2.5 if check == "speed" else max_abs,
         "target": "mps" if real else EMULATED,
         "real_mps": real,
         "pipeline": "tiny-ddpm",
@@ -121,7 +124,7 @@ def make_report(
             outcome="failed" if name == failing else "passed",
             max_abs=0.5 if name == failing else 2.1e-06,
         )
-        for name in ("cpu_parity", "determinism", "float16")
+        for name in required_checks()  # a full run: the badge needs every required check
     ]
     source = {
         "name": "session",
@@ -297,7 +300,13 @@ def test_the_receipt_is_canonical_and_records_what_was_checked(project: Project,
     assert document["verdict"] == {
         "real_mps": True,
         "badge": True,
-        "pipelines": [{"pipeline": "tiny-ddpm", "badge": True, "verdict": "works on MPS"}],
+        "pipelines": [
+            {
+                "pipeline": "tiny-ddpm",
+                "badge": True,
+                "verdict": "earns the MPS badge (2.50x faster than the CPU)",
+            }
+        ],
     }
     assert document["report"]["checks"][0]["metrics"]["target vs cpu"]["max_abs"] == 2.1e-06
 
@@ -347,7 +356,13 @@ def test_a_stand_in_failure_relabelled_as_a_badge_is_refused_even_when_re_signed
     document["verdict"] = {
         "real_mps": True,
         "badge": True,
-        "pipelines": [{"pipeline": "tiny-ddpm", "badge": True, "verdict": "works on MPS"}],
+        "pipelines": [
+            {
+                "pipeline": "tiny-ddpm",
+                "badge": True,
+                "verdict": "earns the MPS badge (2.50x faster than the CPU)",
+            }
+        ],
     }
     data = canonical_bytes(document)
     receipt.write_bytes(data)
@@ -460,7 +475,7 @@ def test_a_failing_real_mps_run_is_refused(
 ) -> None:
     sign(project, keys.alice, make_report(failing="float16"))
     refused(
-        verify(capsys, project, keys), "not every pipeline earns the MPS badge (tiny-ddpm: failed on MPS)"
+        verify(capsys, project, keys), "not every pipeline earns the MPS badge (tiny-ddpm: fails: float16)"
     )
 
 
@@ -557,7 +572,9 @@ def test_write_receipt_refuses_an_invalid_report_and_a_missing_key(
 ) -> None:
     broken = copy.deepcopy(make_report())
     broken["checks"][0]["outcome"] = "maybe"
-    with pytest.raises(ReceiptError, match=r"cannot sign: report: checks\[0\]\.outcome 'maybe'"):
+    with pytest.raises(
+        ReceiptError, match=r"cannot sign: report: checks\[0\]\.outcome: 'maybe' is not one of"
+    ):
         sign(project, keys.alice, broken)
     monkeypatch.setenv("HOME", str(project.root))  # no ~/.ssh keys, no git signing key
     monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(project.root / "none"))

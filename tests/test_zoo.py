@@ -147,6 +147,12 @@ def test_zoo_verdict(entry: ZooEntry, tmp_path: Path) -> None:
     folder = zoo.save(entry.name, tmp_path / entry.name)
     report = run_check(folder, tmp_path / "report.json")
     assert entry.judge(failed_checks(report, entry.name)) == []
-    # TODO(issue 10, core): once the verdict carries the CPU cross-check, assert that CPU_TOO entries
-    # are labelled "fails on the CPU too" and never counted as MPS hazards, and that MPS_HAZARD
-    # entries are not.
+    # A failure that happens on the CPU too is labelled so and never counted against MPS; an MPS hazard
+    # is a failure of the target.
+    statuses = {c["check"]: c["status"] for c in report["checks"] if c["pipeline"] == entry.name}
+    expected = {CPU_TOO: "cpu_too", MPS_HAZARD: "failed"}.get(entry.verdict)
+    for check in entry.failing:
+        assert statuses[check] == expected, (check, statuses[check])
+    (row,) = [r for r in report["pipelines"] if r["pipeline"] == entry.name]
+    assert row["kind"] == {CPU_TOO: "cpu_too", MPS_HAZARD: "failed"}.get(entry.verdict, "passed"), row
+    assert not row["badge"]

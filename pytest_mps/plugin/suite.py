@@ -154,16 +154,21 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     )
 
 
-def _suite_key(item: pytest.Item) -> tuple[str, str] | None:
+def _suite_check(item: pytest.Item) -> str | None:
+    """The check a bundled-suite test runs (None for any other test)."""
     from pytest_mps.registry import CHECKS
 
-    callspec = getattr(item, "callspec", None)
-    spec = callspec.params.get(_FIXTURE) if callspec is not None else None
     name = getattr(item, "originalname", "")
     check = name[len("test_") :] if name.startswith("test_") else ""
-    if not isinstance(spec, PipelineSpec) or check not in CHECKS:
-        return None
-    return spec.label, check
+    return check if _FIXTURE in getattr(item, "fixturenames", ()) and check in CHECKS else None
+
+
+def _suite_key(item: pytest.Item) -> tuple[str, str] | None:
+    """(pipeline label, check) of a bundled-suite test with a pipeline."""
+    callspec = getattr(item, "callspec", None)
+    spec = callspec.params.get(_FIXTURE) if callspec is not None else None
+    check = _suite_check(item)
+    return (spec.label, check) if isinstance(spec, PipelineSpec) and check else None
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -172,10 +177,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         return
     kept, dropped = [], []
     for item in items:
-        key = _suite_key(item)
-        if key is not None and key[1] not in state.checks:
+        check = _suite_check(item)
+        if check is not None and check not in state.checks:
             dropped.append(item)
             continue
+        key = _suite_key(item)
         if key is not None:
             item.user_properties.append((SUITE_PROPERTY, f"{key[0]}::{key[1]}"))
             if key[0] not in state.order:

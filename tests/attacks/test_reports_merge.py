@@ -393,7 +393,11 @@ def _nulls(tmp_path: Path) -> list[Path]:
     path = shard(tmp_path / "n", result())
     data = json.loads(path.read_text())
     data["sources"][0]["environment"] = None
-    data["sources"][0]["references"] = {"mode": "folder", "unreadable": [{"file": "x", "problem": "y"}], "unused": None}
+    data["sources"][0]["references"] = {
+        "mode": "folder",
+        "unreadable": [{"file": "x", "problem": "y"}],
+        "unused": None,
+    }
     data["checks"][0]["tolerance"] = None
     data["checks"][0]["nodeid"] = None
     path.write_text(json.dumps(data))

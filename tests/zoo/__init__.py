@@ -156,9 +156,8 @@ ZOO: dict[str, ZooEntry] = _entries(
         "StableCascadePriorPipeline",
         "embeddings from text",
         u.stable_cascade_prior,
-        # Its embeddings are not 0-1 images (std ~120): float16 rounding moves them by ~0.5, past the
-        # absolute limit of 0.1, at a cosine distance of 1e-6, on the cpu target as much as emulated.
-        harness=(("float16", "exceeds atol 0.1"),),
+        # Its embeddings are not 0-1 images (std ~120): float16 rounding moves them by ~0.5 at a cosine
+        # distance of 1e-6. On a stand-in float16 is judged by cosine distance and finiteness only.
     ),
     ZooEntry("dit", "DiTPipeline", "image from class", t.dit),
     ZooEntry("ddpm", "DDPMPipeline", "image from noise", u.ddpm),

@@ -25,8 +25,7 @@ def failed_checks(report: dict[str, Any], label: str) -> dict[str, list[str]]:
     failed: dict[str, list[str]] = {}
     for row in report["checks"]:
         if row["pipeline"] == label and row["outcome"] == "failed":
-            name = row["details"].get("suite_check", row["check"])
-            failed[name] = list(row["failures"]) or [row.get("summary") or "failed"]
+            failed[row["check"]] = list(row["failures"]) or [row.get("summary") or "failed"]
     return failed
 
 
