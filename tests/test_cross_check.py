@@ -100,3 +100,23 @@ def test_the_cpu_target_has_nothing_to_cross_check() -> None:
 def test_usage_errors_stay_usage_errors(emulated: CheckContext) -> None:
     with pytest.raises(ValueError, match="batch_size must be at least 2"):
         check_batch_consistency(_pipe(), batch_size=1)
+
+
+def test_absolute_limits_are_relative_to_outputs_that_are_not_images() -> None:
+    """An audio-like output of amplitude 1e-6 with a 50% error fails (an absolute 3e-2 would pass it);
+    an embedding of magnitude 30 that moved by 0.05 passes (an absolute 3e-2 would fail it)."""
+    import numpy as np
+
+    from pytest_mps.checks import judge
+    from pytest_mps.checks.common import output_scale
+    from pytest_mps.tolerances import Tolerance
+
+    limit = Tolerance(atol=3e-2)
+    audio = np.linspace(-1e-6, 1e-6, 64, dtype=np.float32)
+    assert output_scale(audio) == pytest.approx(1e-6)
+    _, failures = judge(audio * 1.5, audio, limit)
+    assert failures and "x max |reference| 1.00e-06 (not a 0-1 image)" in failures[0]
+    embeddings = np.linspace(-30, 30, 64, dtype=np.float32)
+    assert judge(embeddings + 0.05, embeddings, limit)[1] == []
+    image = np.linspace(0, 1, 48, dtype=np.float32).reshape(1, 4, 4, 3)
+    assert output_scale(image) == 1.0 and judge(image + 0.05, image, limit)[1]

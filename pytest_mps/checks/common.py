@@ -121,10 +121,13 @@ def judge(
     if item and comparison.worst_index:
         comparison = dataclasses.replace(comparison, worst_index=(item, *comparison.worst_index[1:]))
     if tolerance.atol is not None:
-        allowed = tolerance.atol + tolerance.rtol * np.abs(reference.astype(np.float64))
+        scale = output_scale(reference)
+        allowed = tolerance.atol * scale + tolerance.rtol * np.abs(reference.astype(np.float64))
         outside = int(np.sum(np.abs(target.astype(np.float64) - reference) > allowed))
         if outside:
             limit = f"atol {format_figure(tolerance.atol)}"
+            if scale != 1.0:
+                limit += f" x max |reference| {format_figure(scale)} (not a 0-1 image)"
             if tolerance.rtol:
                 limit += f" + rtol {format_figure(tolerance.rtol)} x |reference|"
             failures.append(
@@ -146,6 +149,23 @@ def judge(
                 f"{label} {format_figure(value)} is outside the limit {sense} {format_figure(limit)}"
             )
     return comparison, failures
+
+
+def output_scale(reference: np.ndarray) -> float:
+    """What an absolute tolerance is measured in: 1 for images (values in [0, 1], as Diffusers returns
+    them with ``output_type="np"``), else the reference's largest magnitude, so the same limit means
+    the same for audio (amplitudes ~1e-6 on a tiny model) and embeddings (magnitudes ~10) as for images:
+    never a blind pass on small outputs nor a false failure on large ones."""
+    import numpy as np
+
+    if reference.size == 0:
+        return 1.0
+    low, high = float(np.min(reference)), float(np.max(reference))
+    image = reference.ndim >= 3 and reference.shape[-1] in (1, 3, 4)  # (N,) H, W, C or frames
+    if image and low >= -0.01 and high <= 1.01:
+        return 1.0
+    largest = max(abs(low), abs(high))
+    return largest if largest > 0 else 1.0
 
 
 def _dtype_name(dtype: Any) -> str:
