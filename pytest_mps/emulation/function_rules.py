@@ -1,0 +1,199 @@
+"""MPS rules per (torch function, dtype), from PyTorch's own MPS test expectations for the installed torch.
+
+The kernel registry says whether an op has an MPS kernel, not for which dtypes, and complex64 works on MPS
+only for the ops PyTorch lists as supported. Both come from
+:mod:`~pytest_mps.emulation.mps_expectations`, keyed by OpInfo key (``name + variant_test_name``). This
+module maps those keys to the torch functions a call goes through (the emulation judges calls at the
+function layer): an OpInfo ``name`` resolves like OpInfo's own ``op`` (``torch.<name>``, dotted for
+``nn.functional.conv2d``, ``linalg.svd`` ...) plus its method and in-place variants on ``torch.Tensor``.
+
+Two rules:
+
+* **dtype gaps**: an entry of ``UNIMPLEMENTED_XFAILLIST`` ("ops not expected to work") that lists dtypes,
+  e.g. ``nn.functional.conv2d: [int64]``, ``nn.functional.conv_transpose3d: [int64, bfloat16, float16]``,
+  refuses those dtypes (a ``RuntimeError``). Entries without dtypes (the op fails outright) are left to
+  the kernel registry and the shape rules, which explain them (``to: None`` fails for float64 samples,
+  not for every ``.to()``); entries listing float32, MPS's reference dtype, are about particular sample
+  inputs (``linalg.norm`` with ``ord="nuc"``), not the dtype, and are not applied either. A variant entry
+  applies when the call passes the variant as an argument value (``scatter_reduce(..., "prod")``,
+  ``interpolate(mode="bicubic")``), as ``name_value`` (``round(decimals=0)`` for ``decimals_0``), or
+  as a flag that is set (``hermitian=True``).
+* **complex64**: a complex input to a function that PyTorch's OpInfos cover but none of whose keys is in
+  ``SUPPORTED_COMPLEX_OPS`` is refused (``RuntimeError``). Functions no OpInfo names are not judged.
+
+Every rule carries where it comes from, for the finding's message.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable, Mapping
+from typing import Any, NamedTuple
+
+import torch
+
+__all__ = ["FunctionRules", "complex_refusal", "dtype_refusal", "function_rules", "primary_dtype"]
+
+
+class DtypeGap(NamedTuple):
+    """An expectation entry applied to a function: dtypes ``dtypes`` fail when ``variant`` matches."""
+
+    key: str
+    variant: str
+    dtypes: frozenset[str]
+
+
+class FunctionRules(NamedTuple):
+    """Rules by function object: dtype gaps, and whether a function's complex64 support is known."""
+
+    gaps: Mapping[Any, tuple[DtypeGap, ...]]
+    complex_ok: Mapping[Any, bool]
+    source: str
+
+
+def _resolve(name: str) -> list[Any]:
+    """The callables an OpInfo ``name`` stands for: ``torch.<dotted name>`` and ``Tensor`` methods."""
+    found: list[Any] = []
+    obj: Any = torch
+    for part in name.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            break
+    if obj is not None and callable(obj):
+        found.append(obj)
+    if "." not in name:
+        for attr in (name, f"{name}_"):
+            method = getattr(torch.Tensor, attr, None)
+            if method is None:
+                continue
+            if callable(method):
+                found.append(method)
+            elif hasattr(method, "__get__"):  # a property such as .real or .mT: its getter is what's called
+                found.append(method.__get__)
+    return found
+
+
+def _split(key: str, known: Mapping[str, tuple[str, str]]) -> tuple[str, str] | None:
+    """``(name, variant)`` of an OpInfo key: from the OpInfo scan, else the longest prefix that resolves."""
+    if key in known:
+        return known[key]
+    for end in range(len(key), 0, -1):
+        if _resolve(key[:end]):
+            return key[:end], key[end:]
+    return None
+
+
+def _build(expectations: Any) -> FunctionRules:
+    known = expectations.opinfo_keys
+    gaps: dict[Any, list[DtypeGap]] = {}
+    unimplemented = expectations.lists.get("UNIMPLEMENTED_XFAILLIST", {})
+    for key, dtypes in unimplemented.items():
+        if dtypes is None or "float32" in dtypes:
+            continue
+        split = _split(key, known)
+        if split is None:
+            continue
+        name, variant = split
+        for func in _resolve(name):
+            gaps.setdefault(func, []).append(DtypeGap(key, variant, frozenset(dtypes)))
+    complex_ok: dict[Any, bool] = {}
+    supported = expectations.supported_complex
+    if supported is not None:
+        keys_by_name: dict[str, list[str]] = {}
+        for key, (name, _variant) in known.items():
+            keys_by_name.setdefault(name, []).append(key)
+        for key in supported:
+            split = _split(key, known)
+            if split is not None:
+                keys_by_name.setdefault(split[0], []).append(key)
+        for name, keys in keys_by_name.items():
+            if name.startswith("_refs.") or name.startswith("ops."):
+                continue
+            ok = any(k in supported for k in keys)
+            for func in _resolve(name):
+                complex_ok[func] = complex_ok.get(func, False) or ok
+    source = str(expectations.source) if expectations.source is not None else "no common_mps.py"
+    return FunctionRules({f: tuple(g) for f, g in gaps.items()}, complex_ok, source)
+
+
+@functools.cache
+def function_rules() -> FunctionRules:
+    """The rules for the installed torch (built on first use)."""
+    from pytest_mps.emulation.mps_expectations import load_expectations
+
+    return _build(load_expectations())
+
+
+# -- applying them ----------------------------------------------------------------------------------------
+def primary_dtype(args: Iterable[Any], kwargs: Mapping[str, Any]) -> torch.dtype | None:
+    """The dtype an OpInfo test would be parametrised by: the first tensor argument's (looking into a
+    leading list, as for ``torch.cat``), else an explicit ``dtype=``."""
+    for a in args:
+        if isinstance(a, torch.Tensor):
+            return a.dtype
+        if isinstance(a, (list, tuple)) and a and isinstance(a[0], torch.Tensor):
+            return a[0].dtype
+    for value in kwargs.values():
+        if isinstance(value, torch.Tensor):
+            return value.dtype
+    dtype = kwargs.get("dtype")
+    return dtype if isinstance(dtype, torch.dtype) else None
+
+
+def _variant_matches(variant: str, args: Iterable[Any], kwargs: Mapping[str, Any]) -> bool:
+    if not variant:
+        return True
+    if any(isinstance(a, str) and a == variant for a in args):
+        return True
+    for key, value in kwargs.items():
+        if isinstance(value, str) and value == variant:
+            return True
+        if key == variant and value is True:
+            return True
+        if f"{key}_{value}" == variant or (f"with_{key}" == variant and value is not None):
+            return True
+    return False
+
+
+def _dtype_text(dtype: torch.dtype) -> str:
+    return str(dtype).rpartition(".")[2]
+
+
+def dtype_refusal(
+    func: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any], dtype: torch.dtype
+) -> str | None:
+    """MPS's refusal of ``func`` at ``dtype`` as a message, or None when PyTorch expects it to work."""
+    rules = function_rules()
+    gaps = rules.gaps.get(func)
+    if not gaps:
+        return None
+    name = _dtype_text(dtype)
+    for gap in gaps:
+        if name in gap.dtypes and _variant_matches(gap.variant, args, kwargs):
+            return (
+                f"MPS does not support {gap.key} for {name} with this torch: PyTorch's own MPS tests expect "
+                f"it to fail (UNIMPLEMENTED_XFAILLIST: {gap.key!r} {sorted(gap.dtypes)} in {rules.source})"
+            )
+    return None
+
+
+# Data movement works for every dtype MPS can hold: never judged by the complex allow-list.
+_MOVES = frozenset(
+    getattr(torch.Tensor, name)
+    for name in ("copy_", "to", "cpu", "clone", "detach", "contiguous", "__getitem__", "__setitem__", "set_")
+    if hasattr(torch.Tensor, name)
+)
+
+
+def complex_refusal(func: Any, name: str) -> str | None:
+    """MPS's refusal of a complex input to ``func``, or None when complex64 is supported or unknown."""
+    if func in _MOVES:
+        return None
+    rules = function_rules()
+    ok = rules.complex_ok.get(func)
+    if ok is None or ok:
+        return None
+    return (
+        f"{name} does not support complex inputs on MPS with this torch: it is not among the ops PyTorch "
+        f"tests with complex64 on MPS (SUPPORTED_COMPLEX_OPS in {rules.source})"
+    )
