@@ -13,11 +13,11 @@ Two rules:
   e.g. ``nn.functional.conv2d: [int64]``, ``nn.functional.conv_transpose3d: [int64, bfloat16, float16]``,
   refuses those dtypes (a ``RuntimeError``). Entries without dtypes (the op fails outright) are left to
   the kernel registry and the shape rules, which explain them (``to: None`` fails for float64 samples,
-  not for every ``.to()``); entries listing float32, MPS's reference dtype, are about particular sample
-  inputs (``linalg.norm`` with ``ord="nuc"``), not the dtype, and are not applied either. A variant entry
-  applies when the call passes the variant as an argument value (``scatter_reduce(..., "prod")``,
-  ``interpolate(mode="bicubic")``), as ``name_value`` (``round(decimals=0)`` for ``decimals_0``), or
-  as a flag that is set (``hermitian=True``).
+  not for every ``.to()``); float32, MPS's reference dtype, is dropped from the entries that list it:
+  there it is about particular sample inputs (``linalg.norm`` with ``ord="nuc"``), not the dtype.
+  A variant entry applies when the call passes the variant as an argument value
+  (``scatter_reduce(..., "prod")``, ``interpolate(mode="bicubic")``), as ``name_value``
+  (``round(decimals=0)`` for ``decimals_0``), or as a flag that is set (``hermitian=True``).
 * **complex64**: a complex input to a function that PyTorch's OpInfos cover but none of whose keys is in
   ``SUPPORTED_COMPLEX_OPS`` is refused (``RuntimeError``). Functions no OpInfo names are not judged.
 
@@ -32,7 +32,14 @@ from typing import Any, NamedTuple
 
 import torch
 
-__all__ = ["FunctionRules", "complex_refusal", "dtype_refusal", "function_rules", "primary_dtype"]
+__all__ = [
+    "FunctionRules",
+    "complex_refusal",
+    "disable",
+    "dtype_refusal",
+    "function_rules",
+    "primary_dtype",
+]
 
 
 class DtypeGap(NamedTuple):
@@ -61,6 +68,12 @@ def _resolve(name: str) -> list[Any]:
             break
     if obj is not None and callable(obj):
         found.append(obj)
+        # F.max_pool2d and friends are boolean_dispatch closures that call one of two functions, each
+        # with its own __torch_function__ entry: those are what the emulation sees.
+        for cell in getattr(obj, "__closure__", None) or ():
+            inner = cell.cell_contents
+            if callable(inner) and getattr(inner, "__module__", "").startswith("torch"):
+                found.append(inner)
     if "." not in name:
         for attr in (name, f"{name}_"):
             method = getattr(torch.Tensor, attr, None)
@@ -87,8 +100,9 @@ def _build(expectations: Any) -> FunctionRules:
     known = expectations.opinfo_keys
     gaps: dict[Any, list[DtypeGap]] = {}
     unimplemented = expectations.lists.get("UNIMPLEMENTED_XFAILLIST", {})
-    for key, dtypes in unimplemented.items():
-        if dtypes is None or "float32" in dtypes:
+    for key, listed in unimplemented.items():
+        dtypes = None if listed is None else listed - {"float32"}
+        if not dtypes:
             continue
         split = _split(key, known)
         if split is None:
@@ -116,12 +130,26 @@ def _build(expectations: Any) -> FunctionRules:
     return FunctionRules({f: tuple(g) for f, g in gaps.items()}, complex_ok, source)
 
 
-@functools.cache
+_OFF = FunctionRules({}, {}, "off")
+_enabled = [True]
+
+
 def function_rules() -> FunctionRules:
-    """The rules for the installed torch (built on first use)."""
+    """The rules for the installed torch (built on first use), or none after :func:`disable`."""
+    return _installed_rules() if _enabled[0] else _OFF
+
+
+@functools.cache
+def _installed_rules() -> FunctionRules:
     from pytest_mps.emulation.mps_expectations import load_expectations
 
     return _build(load_expectations())
+
+
+def disable() -> None:
+    """Turn these rules off for the rest of the process (``bench_fidelity.py --registry-only`` measures
+    what the kernel registry and shape rules predict without PyTorch's test expectations)."""
+    _enabled[0] = False
 
 
 # -- applying them ----------------------------------------------------------------------------------------

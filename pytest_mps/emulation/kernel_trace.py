@@ -128,6 +128,7 @@ SHAPE_RULES: dict[str, Callable[[Sequence[Any], dict[str, Any]], str | None]] = 
 
 # -- how the walk treats each op --------------------------------------------------------------------------
 _LEAF, _IMPLICIT, _EXPLICIT = 0, 1, 2
+_MAX_DEPTH = 40
 _plans: dict[Any, tuple[int, str | None, Any, Any]] = {}
 
 
@@ -175,18 +176,26 @@ def _yaml_name(func: Any) -> str | None:
 
 
 class _State:
-    __slots__ = ("kernels", "per_call", "seen", "shapes")
+    __slots__ = ("descending", "kernels", "per_call", "seen", "shapes")
 
     def __init__(self) -> None:
         self.kernels: list[rules.KernelHazard] = []
         self.shapes: list[rules.Hazard] = []
         self.seen: set[Any] = set()
         self.per_call = False
+        # Composite ops being walked into: a composite kernel that calls its own op again (``detach``'s
+        # does in recent torch) is then run as it is instead of being walked into forever.
+        self.descending: list[Any] = []
 
     def report(self) -> KernelReport:
         if not (self.kernels or self.shapes or self.per_call):
             return NO_HAZARDS
         return KernelReport(tuple(self.kernels), tuple(self.shapes), self.per_call)
+
+    def sparse(self, func: Any, backend: str) -> None:
+        if backend and func not in self.seen:
+            self.seen.add(func)
+            self.kernels.append(rules.KernelHazard(func.name(), False, backend))
 
     def leaf(self, func: Any, verdict: str | None, shape_rule: Any, args: Any, kwargs: Any) -> None:
         if verdict is not None and func not in self.seen:
@@ -213,29 +222,72 @@ class _Walker(TorchDispatchMode):
     ) -> Any:
         kwargs = kwargs or {}
         how, verdict, key, shape_rule = _plan(func)
+        sparse = _sparse_layout(args)
+        if sparse is not None:
+            backend = _sparse_leaf(func, sparse)
+            if backend is not None:  # an op with sparse kernels: MPS's sparse key decides, no descent
+                self.state.sparse(func, backend)
+                return func(*args, **kwargs)
         if how == _LEAF:
             self.state.leaf(func, verdict, shape_rule, args, kwargs)
+            return func(*args, **kwargs)
+        if func in self.state.descending or len(self.state.descending) > _MAX_DEPTH:
             return func(*args, **kwargs)
         if not self.simulate:
             if how == _EXPLICIT:
                 _discover(self.state, func, key, args, kwargs)
             return func(*args, **kwargs)
-        with _Walker(self.state, simulate=True):
-            out = func._op_dk(key, *args, **kwargs) if how == _EXPLICIT else func.decompose(*args, **kwargs)
+        self.state.descending.append(func)
+        try:
+            with _Walker(self.state, simulate=True):
+                if how == _EXPLICIT:
+                    out = func._op_dk(key, *args, **kwargs)
+                else:
+                    out = func.decompose(*args, **kwargs)
+        finally:
+            self.state.descending.pop()
         if out is NotImplemented:  # no composite kernel after all: judge it as a leaf
             self.state.leaf(func, None, shape_rule, args, kwargs)
             return func(*args, **kwargs)
         return out
 
 
+_COMPRESSED = frozenset({torch.sparse_csr, torch.sparse_csc, torch.sparse_bsr, torch.sparse_bsc})
+
+
+def _sparse_layout(args: tuple[Any, ...]) -> torch.layout | None:
+    for a in args:
+        if isinstance(a, torch.Tensor) and a.layout is not torch.strided:
+            return a.layout
+    return None
+
+
+def _sparse_leaf(func: Any, layout: torch.layout) -> str | None:
+    """For sparse inputs: ``""`` when MPS has the sparse kernel, the missing backend's name when only the
+    CPU has one, None when the op has no sparse kernels (then it is walked as usual)."""
+    coverage = rules.coverage()
+    if coverage is None:
+        return None
+    compressed = layout in _COMPRESSED
+    status = coverage.sparse_status(func, compressed)
+    if status is None:
+        return None
+    if status is KernelStatus.MISSING:
+        return "SparseCsrMPS" if compressed else "SparseMPS"
+    return ""
+
+
 def _discover(state: _State, func: Any, key: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
     """Run ``func``'s explicit composite kernel on meta copies under a walker, for the ops it calls."""
+    state.descending.append(func)
     try:
         margs, mkwargs = _to_meta((args, kwargs))
         with _Walker(state, simulate=True):
             func._op_dk(key, *margs, **mkwargs)
     except Exception:  # a kernel meta tensors cannot run: what was seen before it still counts
         pass
+    finally:
+        state.descending.pop()
 
 
 # -- copies for the walk ----------------------------------------------------------------------------------

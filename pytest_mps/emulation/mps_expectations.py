@@ -46,8 +46,9 @@ DtypeSet = frozenset[str] | None
 
 # What each list of common_mps.py means for a test of (OpInfo key, dtype). "fails": an expected failure
 # of the forward comparison (an exception, a missing kernel, a refused dtype or shape, or a wrong value:
-# the list alone cannot say which); "accuracy": results that differ from the CPU's (undefined behaviour,
-# RNG, tolerance) while the op runs; "skip": not tested.
+# the list alone cannot say which; the comment above an entry sometimes does, see _categories);
+# "accuracy": results that differ from the CPU's (undefined behaviour, RNG, tolerance) while the op runs;
+# "skip": not tested.
 _FORWARD_LISTS: Mapping[str, str] = MappingProxyType(
     {
         "UNIMPLEMENTED_XFAILLIST": "fails",
@@ -68,8 +69,9 @@ class OpInfoDeclaration:
     """What one OpInfo of ``op_db`` declares about MPS.
 
     ``xfail``/``skip`` map the test the decoration targets (``"TestConsistency.test_output_match"``,
-    ``"TestConsistency.*"``, ``"*"``) to its dtypes; ``dtypes_if_mps`` is ``dtypesIfMPS`` evaluated to
-    dtype names (None when absent or not evaluable).
+    ``"TestConsistency.*"``, ``"*"``) to its dtypes (``cpu_xfail``: expected failures whose comment
+    quotes a CPU kernel's error, i.e. the test's CPU reference fails); ``dtypes_if_mps`` is
+    ``dtypesIfMPS`` evaluated to dtype names (None when absent or not evaluable).
     """
 
     name: str
@@ -79,6 +81,7 @@ class OpInfoDeclaration:
     dtypes_if_mps: DtypeSet = None
     xfail: Mapping[str, DtypeSet] = field(default_factory=dict)
     skip: Mapping[str, DtypeSet] = field(default_factory=dict)
+    cpu_xfail: Mapping[str, DtypeSet] = field(default_factory=dict)
 
     @property
     def key(self) -> str:
@@ -120,8 +123,10 @@ class MPSExpectations:
             return MappingProxyType({})
 
     def forward_outcome(self, key: str, dtype: str) -> str:
-        """``"skip"``, ``"fails"``, ``"accuracy"`` or ``"passes"``: what PyTorch's own MPS test expects of
-        the forward comparison of OpInfo ``key`` at ``dtype`` (skips first, as unittest applies them)."""
+        """``"skip"``, ``"fails"``, ``"accuracy"``, ``"cpu"`` or ``"passes"``: what PyTorch's own MPS test
+        expects of the forward comparison of OpInfo ``key`` at ``dtype`` (skips first, as unittest applies
+        them). ``accuracy`` and ``cpu`` are expected failures whose comment in ``common_mps.py`` says they
+        are about values (undefined order, RNG, precision) or an error of the CPU side."""
         declared = self.opinfos.get(key)
         if _listed(self.forward.get("skip", {}), key, dtype) or (
             declared is not None and _declared(declared.skip, "test_output_match", dtype)
@@ -129,11 +134,15 @@ class MPSExpectations:
             return "skip"
         if _listed(self.forward.get("fails", {}), key, dtype):
             return "fails"
+        if _listed(self.forward.get("cpu", {}), key, dtype):
+            return "cpu"
         complex_unsupported = self.supported_complex is not None and key not in self.supported_complex
         if dtype.startswith("complex") and complex_unsupported:
             return "fails"
         if declared is not None and _declared(declared.xfail, "test_output_match", dtype):
             return "fails"
+        if declared is not None and _declared(declared.cpu_xfail, "test_output_match", dtype):
+            return "cpu"
         if _listed(self.forward.get("accuracy", {}), key, dtype):
             return "accuracy"
         return "passes"
@@ -149,6 +158,9 @@ class MPSExpectations:
             declared is not None and _declared(declared.xfail, "test_output_grad_match", dtype)
         ):
             return "fails"
+        for outcome in ("accuracy", "cpu"):
+            if _listed(self.grad.get(outcome, {}), key, dtype):
+                return outcome
         forward = self.forward_outcome(key, dtype)
         return "passes" if forward == "skip" else forward
 
@@ -254,14 +266,17 @@ def parse_common_mps(
     frozenset[str] | None, dict[str, dict[str, DtypeSet]], dict[str, dict[str, DtypeSet]], dict[str, Any]
 ]:
     """``(supported_complex, forward, grad, lists)`` read from a ``common_mps.py`` (see
-    :class:`MPSExpectations`; ``lists`` holds ``mps_ops_modifier``'s tables by their own names).
+    :class:`MPSExpectations`; ``lists`` holds ``mps_ops_modifier``'s tables by their own names, without
+    the entries whose comment says they are about accuracy or fail on the CPU too).
 
     Raises ``OSError``/``SyntaxError`` for an unreadable file; unknown list names are ignored, so lists
     PyTorch adds later do not break it.
     """
-    tree = ast.parse(Path(path).read_text(encoding="utf-8"))
-    forward: dict[str, dict[str, DtypeSet]] = {"fails": {}, "accuracy": {}, "skip": {}}
-    grad: dict[str, dict[str, DtypeSet]] = {"fails": {}, "skip": {}}
+    text = Path(path).read_text(encoding="utf-8")
+    tree = ast.parse(text)
+    comments = _comments(text)
+    forward: dict[str, dict[str, DtypeSet]] = {"fails": {}, "accuracy": {}, "skip": {}, "cpu": {}}
+    grad: dict[str, dict[str, DtypeSet]] = {"fails": {}, "accuracy": {}, "skip": {}, "cpu": {}}
     complex_ops: set[str] | None = None
     lists: dict[str, Any] = {}
     # The file holds two definitions of each function (the real one and the no-op `else:` stub): the
@@ -270,27 +285,102 @@ def parse_common_mps(
         if not isinstance(node, ast.FunctionDef):
             continue
         tables = _assignments(node)
+        categories = _categories(node, comments)
         if node.name == "mps_ops_modifier":
             for name, table in tables.items():
+                if isinstance(table, dict):
+                    table = {k: v for k, v in table.items() if not categories.get((name, k))}
                 lists.setdefault(name, table)
             for name in _COMPLEX_LISTS:
                 if isinstance(tables.get(name), frozenset):
                     complex_ops = (complex_ops or set()) | tables[name]
-            _merge(forward, tables, _FORWARD_LISTS)
+            _merge(forward, tables, _FORWARD_LISTS, categories)
         elif node.name == "mps_ops_grad_modifier":
-            _merge(grad, tables, _GRAD_LISTS)
+            _merge(grad, tables, _GRAD_LISTS, categories)
     return (None if complex_ops is None else frozenset(complex_ops)), forward, grad, lists
 
 
+# What PyTorch's comment above an entry says it is about, when it says: wrong values on a working op, or
+# a failure on the CPU side of the comparison. Such entries are not MPS failures a rule can predict.
+_ACCURACY_WORDS = (
+    "undefined behavio",
+    "sign-ambiguous",
+    "random",
+    "mismatch",
+    "precision",
+    "flaky",
+    "disagrees",
+    "output on cpu",
+    "uninitialized",
+)
+_CPU_WORDS = (
+    "cpu error",
+    "not implemented on cpu",
+    "any device",
+    "derivative for",
+    "on both cpu and mps",
+    "is not iterable",
+)
+
+
+def _comments(text: str) -> dict[int, str]:
+    found: dict[int, str] = {}
+    try:
+        for tok in tokenize.generate_tokens(io.StringIO(text).readline):
+            if tok.type == tokenize.COMMENT:
+                found[tok.start[0]] = tok.string.lstrip("#").strip().lower()
+    except (tokenize.TokenError, IndentationError, SyntaxError):
+        pass
+    return found
+
+
+def _categories(func: ast.FunctionDef, comments: Mapping[int, str]) -> dict[tuple[str, str], str]:
+    """``(list, key) -> "accuracy" | "cpu"`` from the comment block above each entry (an entry without a
+    comment of its own shares the category of the entry before it)."""
+    out: dict[tuple[str, str], str] = {}
+    for node in ast.walk(func):
+        if isinstance(node, ast.Assign) and len(node.targets) == 1:
+            target: ast.expr = node.targets[0]
+        elif isinstance(node, ast.AnnAssign):
+            target = node.target
+        else:
+            continue
+        if not (isinstance(target, ast.Name) and isinstance(node.value, ast.Dict)):
+            continue
+        previous_end = node.value.lineno
+        category = ""
+        for key, value in zip(node.value.keys, node.value.values, strict=True):
+            if not (isinstance(key, ast.Constant) and isinstance(key.value, str)):
+                continue
+            block = [comments.get(line, "") for line in range(previous_end + 1, key.lineno + 1)]
+            words = " ".join(b for b in block if b)
+            if words:
+                category = (
+                    "accuracy"
+                    if any(w in words for w in _ACCURACY_WORDS)
+                    else "cpu"
+                    if any(w in words for w in _CPU_WORDS)
+                    else ""
+                )
+            if category:
+                out[(target.id, key.value)] = category
+            previous_end = getattr(value, "end_lineno", None) or key.lineno
+    return out
+
+
 def _merge(
-    into: dict[str, dict[str, DtypeSet]], tables: Mapping[str, Any], meaning: Mapping[str, str]
+    into: dict[str, dict[str, DtypeSet]],
+    tables: Mapping[str, Any],
+    meaning: Mapping[str, str],
+    categories: Mapping[tuple[str, str], str],
 ) -> None:
-    for list_name, outcome in meaning.items():
+    for list_name, listed_as in meaning.items():
         table = tables.get(list_name)
         if not isinstance(table, dict):
             continue
-        bucket = into[outcome]
         for key, dtypes in table.items():
+            outcome = categories.get((list_name, key)) if listed_as == "fails" else None
+            bucket = into[outcome or listed_as]
             if key in bucket and bucket[key] is not None and dtypes is not None:
                 bucket[key] = bucket[key] | dtypes  # type: ignore[operator]
             else:
@@ -418,7 +508,19 @@ def _decoration(call: ast.Call) -> tuple[str, str, DtypeSet] | None:
     return kind, target, dtypes
 
 
-def _declaration(call: ast.Call) -> OpInfoDeclaration | None:
+def _cpu_side(info: ast.Call, comments: Mapping[int, str]) -> bool:
+    """True when the comment right above a ``DecorateInfo`` quotes a CPU kernel's dtype error (the test's
+    CPU reference fails, e.g. ``"kthvalue_cpu" not implemented for 'Bool'``), not an MPS one."""
+    line = info.lineno - 1
+    block: list[str] = []
+    while line in comments:
+        block.append(comments[line])
+        line -= 1
+    words = " ".join(block)
+    return "not implemented for" in words and "mps" not in words
+
+
+def _declaration(call: ast.Call, comments: Mapping[int, str] | None = None) -> OpInfoDeclaration | None:
     kwargs = {k.arg: k.value for k in call.keywords if k.arg}
     name_node = call.args[0] if call.args else kwargs.get("name")
     if not (isinstance(name_node, ast.Constant) and isinstance(name_node.value, str)):
@@ -430,6 +532,7 @@ def _declaration(call: ast.Call) -> OpInfoDeclaration | None:
 
     xfail: dict[str, DtypeSet] = {}
     skip: dict[str, DtypeSet] = {}
+    cpu: dict[str, DtypeSet] = {}
     for key in ("skips", "decorators"):
         if key not in kwargs:
             continue
@@ -438,12 +541,16 @@ def _declaration(call: ast.Call) -> OpInfoDeclaration | None:
             if decoration is None:
                 continue
             kind, target, dtypes = decoration
-            table = xfail if kind == "xfail" else skip
+            if kind == "xfail" and comments is not None and _cpu_side(info, comments):
+                kind = "cpu"
+            table = xfail if kind == "xfail" else skip if kind == "skip" else cpu
+            if table is cpu and table.get(target, frozenset()) is None:
+                continue
             previous = table.get(target, frozenset())
             table[target] = None if dtypes is None or previous is None else previous | dtypes
     dtypes_node = kwargs.get("dtypesIfMPS")
     op_node = kwargs.get("op")
-    if not (xfail or skip or dtypes_node is not None):
+    if not (xfail or skip or cpu or dtypes_node is not None):
         return None
     return OpInfoDeclaration(
         name=name_node.value,
@@ -453,6 +560,7 @@ def _declaration(call: ast.Call) -> OpInfoDeclaration | None:
         dtypes_if_mps=_eval_dtypes(dtypes_node) if dtypes_node is not None else None,
         xfail=MappingProxyType(xfail),
         skip=MappingProxyType(skip),
+        cpu_xfail=MappingProxyType(cpu),
     )
 
 
@@ -498,7 +606,7 @@ def parse_opinfo_declarations(paths: Iterable[str | Path]) -> dict[str, OpInfoDe
             except SyntaxError:
                 continue
             if isinstance(node, ast.Call):
-                declaration = _declaration(node)
+                declaration = _declaration(node, _comments(source))
                 if declaration is not None:
                     found.setdefault(declaration.key, declaration)
     return found

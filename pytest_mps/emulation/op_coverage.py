@@ -357,6 +357,9 @@ class OpCoverage:
     reasons: Mapping[str, str] = field(hash=False, repr=False, compare=False)
     explicit: frozenset[str] = field(default=frozenset(), hash=False, repr=False, compare=False)
     mps_registered: frozenset[str] = field(default=frozenset(), hash=False, repr=False, compare=False)
+    dispatch_keys: Mapping[str, frozenset[str] | None] = field(
+        default_factory=dict, hash=False, repr=False, compare=False
+    )
     # Memo of lookups by op object/name: the emulation asks once per dispatched op, so this is hot.
     _memo: dict[Any, tuple[KernelStatus, str]] = field(
         default_factory=dict, init=False, hash=False, repr=False, compare=False
@@ -396,6 +399,24 @@ class OpCoverage:
         """A one-line reason for ``op``'s status, for error messages and reports."""
         status, reason = self._lookup(op)
         return f"{status.value}: {reason}"
+
+    def sparse_status(self, op: Any, compressed: bool) -> KernelStatus | None:
+        """Status of ``op`` for sparse inputs (``compressed``: CSR/CSC/BSR/BSC, else COO): NATIVE when the
+        yaml names ``SparseCsrMPS``/``SparseMPS`` for it, MISSING when it names only the CPU's sparse key,
+        None when the op has no sparse-specific kernel (the dense status applies)."""
+        try:
+            namespace, name = normalize_op_name(op)
+        except TypeError:
+            return None
+        keys = self.dispatch_keys.get(name) if namespace == "aten" else None
+        if not keys:
+            return None
+        prefix = "SparseCsr" if compressed else "Sparse"
+        if f"{prefix}MPS" in keys:
+            return KernelStatus.NATIVE
+        if f"{prefix}CPU" in keys:
+            return KernelStatus.MISSING
+        return None
 
     def runs_composite_kernel(self, op: Any) -> bool:
         """True when ``op`` reaches MPS through a ``CompositeExplicitAutograd``-style kernel that calls other
@@ -564,7 +585,8 @@ def _torch_version() -> str | None:
 @functools.cache
 def _load_cached(path: Path, mtime_ns: int, size: int, mps_registered: frozenset[str]) -> OpCoverage:
     # Keyed on mtime and size too, so a rewritten file (e.g. a test's synthetic yaml) is parsed afresh.
-    statuses, reasons, explicit = _classify(parse_native_functions(path), mps_registered)
+    entries = parse_native_functions(path)
+    statuses, reasons, explicit = _classify(entries, mps_registered)
     return OpCoverage(
         path,
         _torch_version(),
@@ -572,6 +594,7 @@ def _load_cached(path: Path, mtime_ns: int, size: int, mps_registered: frozenset
         MappingProxyType(reasons),
         explicit,
         mps_registered,
+        MappingProxyType({name: entry.dispatch for name, entry in entries.items()}),
     )
 
 

@@ -54,10 +54,12 @@ class Hazard(NamedTuple):
 
 
 class KernelHazard(NamedTuple):
-    """An aten op that has no MPS kernel (``missing``) or always runs on the CPU on MPS (``always``)."""
+    """An aten op that has no MPS kernel (``missing``) or always runs on the CPU on MPS (``always``);
+    ``backend`` is ``SparseMPS``/``SparseCsrMPS`` when the kernel missing is a sparse one."""
 
     op_name: str  # "aten::_adaptive_avg_pool3d"
     always_fallback: bool
+    backend: str = "MPS"
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -178,6 +180,14 @@ def missing_kernel_hazard(h: KernelHazard, fallback: bool) -> Hazard:
     when ``PYTORCH_ENABLE_MPS_FALLBACK=1`` (or always, for ops MPS registers as CPU fallbacks)."""
     from pytest_mps.emulation.errors import fallback_warning_message
 
+    if h.backend != "MPS":  # MPSFallback.mm registers the CPU fallback for dense MPS tensors only
+        message = (
+            f"Could not run '{h.op_name}' with arguments from the '{h.backend}' backend. This could be "
+            "because "
+            "the operator doesn't exist for this backend, or was omitted during the selective/custom build "
+            "process (if using custom build)."
+        )
+        return Hazard("missing_kernel", "error", message, NotImplementedError)
     if h.always_fallback or fallback:
         return Hazard("fallback", "fallback", fallback_warning_message(h.op_name), None)
     return Hazard("missing_kernel", "error", missing_kernel_message(h.op_name), NotImplementedError)
