@@ -160,3 +160,26 @@ def test_missing_kernel_error_and_fallback_note(
     result.stdout.fnmatch_lines(
         ["emulated-MPS notes (no error on a Mac, but slower or less portable):", "  fallback: *pool3d*"]
     )
+
+
+def test_emulation_frames_are_hidden_from_tracebacks(pytester: pytest.Pytester) -> None:
+    """A float64 error shows the user's line and MPS's message, not the emulation's machinery."""
+    pytester.makepyfile(
+        """
+        import torch
+
+        def scale(x):
+            return x.double() * 2
+
+        def test_float64(mps_device):
+            x = torch.ones(2, device=mps_device)
+            scale(x)
+        """
+    )
+    result = pytester.runpytest("--mps-device", "emulated", "--tb=long")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        ["*return x.double() * 2", "E * TypeError: Cannot convert a MPS Tensor to float64 dtype*"]
+    )
+    assert "pytest_mps/emulation" not in result.stdout.str()
+    assert "__tracebackhide__" not in result.stdout.str()

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from pytest_mps.emulation import function_rules, kernel_trace, prechecks, rules, tensor
 from pytest_mps.emulation.errors import MAX_NDIM, NDARRAY_BYTE_LIMIT
@@ -264,16 +265,52 @@ _BACKWARD = frozenset(
 _kernel_cache: dict[Any, kernel_trace.KernelReport] = {}
 
 
+def _value_dependent() -> set[Any]:
+    """Functions whose answer depends on argument values the signature leaves out (sizes): they reach a
+    shape rule for some sizes only (``adaptive_avg_pool2d(x, 1)`` is a mean; ``(x, 4)`` is a pool).
+    Walked on every call, as is any function whose walk ever reached a shape rule."""
+    found: set[Any] = set()
+    for owner, names in (
+        (
+            F,
+            (
+                "adaptive_avg_pool1d",
+                "adaptive_avg_pool2d",
+                "adaptive_max_pool1d",
+                "adaptive_max_pool2d",
+                "adaptive_max_pool1d_with_indices",
+                "adaptive_max_pool2d_with_indices",
+                "_adaptive_max_pool1d",
+                "_adaptive_max_pool2d",
+                "interpolate",
+                "upsample",
+            ),
+        ),
+        (torch, ("adaptive_avg_pool1d", "adaptive_max_pool1d")),
+        (torch._C._nn, ("adaptive_avg_pool2d", "adaptive_max_pool2d")),
+    ):
+        for name in names:
+            fn = getattr(owner, name, None)
+            if fn is not None:
+                found.add(fn)
+    return found
+
+
+_per_call: set[Any] = _value_dependent()
+
+
 def _run_with_kernel_rules(
     rt: Runtime, func: Any, key: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> Any:
     __tracebackhide__ = True
     try:
-        report = _kernel_cache.get(key)
+        report = None if func in _per_call else _kernel_cache.get(key)
     except TypeError:  # an unhashable argument value in the signature
         key, report = None, None
     if report is None or report.per_call:
         report = kernel_trace.walk_call(func, args, kwargs)
+        if report is not None and report.per_call:
+            _per_call.add(func)
         if report is None:  # not walkable: judge the real call by the ops it reaches
             out, report = kernel_trace.observe(func, args, kwargs)
             if key is not None and not report.per_call:

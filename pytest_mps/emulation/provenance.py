@@ -176,23 +176,27 @@ def caller_frame(depth: int = 1) -> FrameType | None:
 _APPLY_CODE = getattr(torch.nn.Module._apply, "__code__", None)
 # Where float64/complex128 CPU tensors were created while an emulation was active (the float64 buffer a
 # model builds in __init__ is harmless on the CPU and fails only at ``.to("mps")``, much later).
-_created: weakref.WeakKeyDictionary[torch.Tensor, str] = weakref.WeakKeyDictionary()
+# Keyed by id with a weak reference (a WeakKeyDictionary would compare tensors with ``==``).
+_created: dict[int, tuple[weakref.ref[torch.Tensor], str]] = {}
 
 
 def note_creation(tensor: torch.Tensor, frame: FrameType | None) -> None:
     """Remember the first user frame that created ``tensor`` (called for float64/complex128 outputs)."""
     user = first_user_frame(frame)
-    if user is not None:
-        with contextlib.suppress(TypeError):  # a tensor type without weak references
-            _created[tensor] = format_frame(user)
+    if user is None:
+        return
+    key = id(tensor)
+    with contextlib.suppress(TypeError):  # a tensor type without weak references
+        ref = weakref.ref(tensor, lambda _ref, key=key: _created.pop(key, None))
+        _created[key] = (ref, format_frame(user))
 
 
 def created_at(tensor: torch.Tensor) -> str | None:
     """Where ``tensor`` was created, if an emulation saw it happen."""
-    try:
-        return _created.get(tensor)
-    except TypeError:  # pragma: no cover
+    entry = _created.get(id(tensor))
+    if entry is None or entry[0]() is not tensor:
         return None
+    return entry[1]
 
 
 class LoadingContext:
