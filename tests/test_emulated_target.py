@@ -183,3 +183,19 @@ def test_emulation_frames_are_hidden_from_tracebacks(pytester: pytest.Pytester) 
     )
     assert "pytest_mps/emulation" not in result.stdout.str()
     assert "__tracebackhide__" not in result.stdout.str()
+
+
+def test_readme_first_test_runs_on_the_emulated_target(pytester: pytest.Pytester) -> None:
+    """The README's first test under ``--mps-device emulated`` (Diffusers may import torch._dynamo while the
+    emulation runs: what torch introspects must still be in place)."""
+    import re
+
+    from conftest import REPO
+
+    readme = (REPO / "README.md").read_text()
+    code = re.search(r"```python\n(# tests/test_my_pipeline_mps.py.*?)```", readme, re.S)
+    assert code, "the README lost its first-test example"
+    source = code.group(1).replace('"fixtures/tiny-sd"', repr(str(FIXTURES / "tiny-sd")))
+    pytester.makepyfile(test_my_pipeline_mps=source)
+    result = pytester.runpytest("--mps-device", "emulated", "--strict-markers")
+    result.assert_outcomes(passed=2)

@@ -16,6 +16,7 @@ Every torch function that involves an emulated tensor or an ``mps`` device and h
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -312,7 +313,13 @@ def _run_with_kernel_rules(
         if report is not None and report.per_call:
             _per_call.add(func)
         if report is None:  # not walkable: judge the real call by the ops it reaches
-            out, report = kernel_trace.observe(func, args, kwargs)
+            try:
+                out, report = kernel_trace.observe(func, args, kwargs)
+            except NotImplementedError as exc:
+                match = _CPU_DTYPE_GAP.search(str(exc))
+                if match is None:
+                    raise
+                return _run_upcast(func, args, kwargs, _BY_NAME[match.group(1)], exc)
             if key is not None and not report.per_call:
                 _kernel_cache[key] = report
             _report_kernels(rt, func, args, report)
@@ -321,7 +328,7 @@ def _run_with_kernel_rules(
             _kernel_cache[key] = report
     if report.kernels or report.shapes:
         _report_kernels(rt, func, args, report)  # raises before running, as MPS does
-    return func(*args, **kwargs)
+    return _run(func, args, kwargs)
 
 
 def _observed(rt: Runtime, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -329,6 +336,63 @@ def _observed(rt: Runtime, func: Any, args: tuple[Any, ...], kwargs: dict[str, A
     out, report = kernel_trace.observe(func, args, kwargs)
     _report_kernels(rt, func, args, report)
     return out
+
+
+# -- ops the CPU cannot run in a dtype that MPS can --------------------------------------------------------
+# The CPU lacks some kernels in float16/bfloat16/bool that MPS has (cdist, avg_pool3d, the special
+# functions, pow on bool ...): the CPU's NotImplementedError would be a false alarm. Such a call runs in
+# float32 and its floating results are cast back, as PyTorch's own MPS tests compute their CPU reference.
+_CPU_DTYPE_GAP = re.compile(r"not implemented for '(Half|BFloat16|Bool)'")
+_BY_NAME = {"Half": torch.float16, "BFloat16": torch.bfloat16, "Bool": torch.bool}
+
+
+def _run(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    __tracebackhide__ = True
+    try:
+        return func(*args, **kwargs)
+    except NotImplementedError as exc:
+        match = _CPU_DTYPE_GAP.search(str(exc))
+        if match is None:
+            raise
+        return _run_upcast(func, args, kwargs, _BY_NAME[match.group(1)], exc)
+
+
+def _convert(obj: Any, src: torch.dtype, dst: torch.dtype) -> Any:
+    t = type(obj)
+    if isinstance(obj, _Tensor):
+        return obj.to(dst) if obj.dtype == src else obj
+    if t is list or t is tuple:
+        return t(_convert(x, src, dst) for x in obj)
+    if t is dict:
+        return {k: _convert(v, src, dst) for k, v in obj.items()}
+    return obj
+
+
+def _run_upcast(
+    func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], dtype: torch.dtype, exc: NotImplementedError
+) -> Any:
+    __tracebackhide__ = True
+    out_arg = kwargs.get("out")
+    try:
+        out = func(*_convert(args, dtype, _FLOAT32), **_convert(kwargs, dtype, _FLOAT32))
+    except Exception:
+        raise exc from None  # float32 does not help either: the CPU's own error stands
+    result = _convert(out, _FLOAT32, dtype)
+    name = getattr(func, "__name__", "")
+    target = out_arg if isinstance(out_arg, _Tensor) else None
+    if (
+        target is None
+        and name.endswith("_")
+        and not name.endswith("__")
+        and args
+        and isinstance(args[0], _Tensor)
+    ):
+        target = args[0]  # an in-place method: write the result back into the tensor it was called on
+    if target is not None and isinstance(result, _Tensor):
+        with torch.no_grad():
+            target.copy_(result)
+        return target
+    return result
 
 
 def _report_kernels(rt: Runtime, func: Any, args: tuple[Any, ...], report: kernel_trace.KernelReport) -> None:

@@ -70,7 +70,8 @@ class OpInfoDeclaration:
 
     ``xfail``/``skip`` map the test the decoration targets (``"TestConsistency.test_output_match"``,
     ``"TestConsistency.*"``, ``"*"``) to its dtypes (``cpu_xfail``: expected failures whose comment
-    quotes a CPU kernel's error, i.e. the test's CPU reference fails); ``dtypes_if_mps`` is
+    quotes a CPU kernel's error, i.e. the test's CPU reference fails; ``accuracy_xfail``: those whose
+    comment says values differ); ``dtypes_if_mps`` is
     ``dtypesIfMPS`` evaluated to dtype names (None when absent or not evaluable).
     """
 
@@ -82,6 +83,7 @@ class OpInfoDeclaration:
     xfail: Mapping[str, DtypeSet] = field(default_factory=dict)
     skip: Mapping[str, DtypeSet] = field(default_factory=dict)
     cpu_xfail: Mapping[str, DtypeSet] = field(default_factory=dict)
+    accuracy_xfail: Mapping[str, DtypeSet] = field(default_factory=dict)
 
     @property
     def key(self) -> str:
@@ -143,6 +145,8 @@ class MPSExpectations:
             return "fails"
         if declared is not None and _declared(declared.cpu_xfail, "test_output_match", dtype):
             return "cpu"
+        if declared is not None and _declared(declared.accuracy_xfail, "test_output_match", dtype):
+            return "accuracy"
         if _listed(self.forward.get("accuracy", {}), key, dtype):
             return "accuracy"
         return "passes"
@@ -161,6 +165,11 @@ class MPSExpectations:
         for outcome in ("accuracy", "cpu"):
             if _listed(self.grad.get(outcome, {}), key, dtype):
                 return outcome
+        if declared is not None:
+            if _declared(declared.accuracy_xfail, "test_output_grad_match", dtype):
+                return "accuracy"
+            if _declared(declared.cpu_xfail, "test_output_grad_match", dtype):
+                return "cpu"
         forward = self.forward_outcome(key, dtype)
         return "passes" if forward == "skip" else forward
 
@@ -312,6 +321,7 @@ _ACCURACY_WORDS = (
     "disagrees",
     "output on cpu",
     "uninitialized",
+    "not close",
 )
 _CPU_WORDS = (
     "cpu error",
@@ -508,16 +518,21 @@ def _decoration(call: ast.Call) -> tuple[str, str, DtypeSet] | None:
     return kind, target, dtypes
 
 
-def _cpu_side(info: ast.Call, comments: Mapping[int, str]) -> bool:
-    """True when the comment right above a ``DecorateInfo`` quotes a CPU kernel's dtype error (the test's
-    CPU reference fails, e.g. ``"kthvalue_cpu" not implemented for 'Bool'``), not an MPS one."""
+def _decoration_category(info: ast.Call, comments: Mapping[int, str]) -> str:
+    """What the comment right above a ``DecorateInfo`` says its expected failure is about: ``"cpu"`` when it
+    quotes a CPU kernel's dtype error (the test's CPU reference fails, e.g. ``"kthvalue_cpu" not
+    implemented for 'Bool'``), ``"accuracy"`` for values that differ, else ``""``."""
     line = info.lineno - 1
     block: list[str] = []
     while line in comments:
         block.append(comments[line])
         line -= 1
     words = " ".join(block)
-    return "not implemented for" in words and "mps" not in words
+    if "not implemented for" in words and "mps" not in words:
+        return "cpu"
+    if any(w in words for w in _ACCURACY_WORDS):
+        return "accuracy"
+    return ""
 
 
 def _declaration(call: ast.Call, comments: Mapping[int, str] | None = None) -> OpInfoDeclaration | None:
@@ -533,6 +548,7 @@ def _declaration(call: ast.Call, comments: Mapping[int, str] | None = None) -> O
     xfail: dict[str, DtypeSet] = {}
     skip: dict[str, DtypeSet] = {}
     cpu: dict[str, DtypeSet] = {}
+    accuracy: dict[str, DtypeSet] = {}
     for key in ("skips", "decorators"):
         if key not in kwargs:
             continue
@@ -541,16 +557,14 @@ def _declaration(call: ast.Call, comments: Mapping[int, str] | None = None) -> O
             if decoration is None:
                 continue
             kind, target, dtypes = decoration
-            if kind == "xfail" and comments is not None and _cpu_side(info, comments):
-                kind = "cpu"
-            table = xfail if kind == "xfail" else skip if kind == "skip" else cpu
-            if table is cpu and table.get(target, frozenset()) is None:
-                continue
+            if kind == "xfail" and comments is not None:
+                kind = _decoration_category(info, comments) or kind
+            table = {"xfail": xfail, "skip": skip, "cpu": cpu}.get(kind, accuracy)
             previous = table.get(target, frozenset())
             table[target] = None if dtypes is None or previous is None else previous | dtypes
     dtypes_node = kwargs.get("dtypesIfMPS")
     op_node = kwargs.get("op")
-    if not (xfail or skip or cpu or dtypes_node is not None):
+    if not (xfail or skip or cpu or accuracy or dtypes_node is not None):
         return None
     return OpInfoDeclaration(
         name=name_node.value,
@@ -561,6 +575,7 @@ def _declaration(call: ast.Call, comments: Mapping[int, str] | None = None) -> O
         xfail=MappingProxyType(xfail),
         skip=MappingProxyType(skip),
         cpu_xfail=MappingProxyType(cpu),
+        accuracy_xfail=MappingProxyType(accuracy),
     )
 
 
