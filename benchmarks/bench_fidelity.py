@@ -266,7 +266,7 @@ def score(cases: list[Case], test: str, dtype: str) -> dict[str, Any]:
         ),
         "misses": sorted(c.key for c in real if not c.predicted),
         "false_alarms": sorted(f"{c.key} ({c.why})" for c in scored if c.predicted and c.truth == "passes"),
-        "emulator_errors": sorted(f"{c.key}: {e}" for c in mine for e in c.emulator_errors),
+        "emulator_errors": sorted({f"{c.key}: {c.emulator_errors[0]}" for c in mine if c.emulator_errors}),
     }
 
 

@@ -187,7 +187,7 @@ def test_emulation_frames_are_hidden_from_tracebacks(pytester: pytest.Pytester) 
 
 def test_readme_first_test_runs_on_the_emulated_target(pytester: pytest.Pytester) -> None:
     """The README's first test under ``--mps-device emulated`` (Diffusers may import torch._dynamo while the
-    emulation runs: what torch introspects must still be in place)."""
+    emulation runs, and torch 2.14+ introspects what the emulation replaced: it must still be in place)."""
     import re
 
     from conftest import REPO
@@ -197,5 +197,7 @@ def test_readme_first_test_runs_on_the_emulated_target(pytester: pytest.Pytester
     assert code, "the README lost its first-test example"
     source = code.group(1).replace('"fixtures/tiny-sd"', repr(str(FIXTURES / "tiny-sd")))
     pytester.makepyfile(test_my_pipeline_mps=source)
-    result = pytester.runpytest("--mps-device", "emulated", "--strict-markers")
-    result.assert_outcomes(passed=2)
+    # Its first test is enough (test_readme.py runs both on the cpu target): loading and parity on the
+    # emulated device are what the newest torch broke.
+    result = pytester.runpytest("--mps-device", "emulated", "--strict-markers", "-k", "test_matches_cpu")
+    result.assert_outcomes(passed=1, deselected=1)

@@ -129,13 +129,15 @@ def emulated_call(rt: Runtime, func: Any, args: tuple[Any, ...], kwargs: dict[st
     if rt.enforce:
         if plain and found:
             _check_devices(rt, func, args, kwargs, found)
-        dtype = function_rules.primary_dtype(uargs, ukwargs)
-        if dtype is not None and dtype is not _FLOAT32:
-            _check_dtype(rt, func, uargs, ukwargs, dtype)
-        pre = prechecks.PRECHECKS.get(func)
+        dtype = found[0]._payload.dtype if found else None
+        if dtype is not _FLOAT32 or func in (_FLOAT32_GAPS or _float32_gaps()):
+            dtype = function_rules.primary_dtype(uargs, ukwargs)
+            if dtype is not None:
+                _check_dtype(rt, func, uargs, ukwargs, dtype)
+        pre = _PRECHECKS.get(func)
         if pre is not None:
             pre(rt, func, uargs, ukwargs)
-        shortcut = prechecks.META_SHORTCUTS.get(func) if rt.payload_device.type == "meta" else None
+        shortcut = _META_SHORTCUTS.get(func) if rt.meta else None
         if shortcut is not None:
             out = shortcut(uargs, ukwargs)
         elif func in _BACKWARD:
@@ -233,6 +235,18 @@ def _check_devices(
 
 
 # -- dtypes -------------------------------------------------------------------------------------------------
+_PRECHECKS = prechecks.PRECHECKS
+_META_SHORTCUTS = prechecks.META_SHORTCUTS
+_FLOAT32_GAPS: frozenset[Any] | None = None
+
+
+def _float32_gaps() -> frozenset[Any]:
+    """Functions with a float32 gap (float32 is the common case: one set lookup decides it)."""
+    global _FLOAT32_GAPS
+    _FLOAT32_GAPS = function_rules.function_rules().float32
+    return _FLOAT32_GAPS
+
+
 def _check_dtype(
     rt: Runtime, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], dtype: torch.dtype
 ) -> None:
@@ -267,9 +281,10 @@ _kernel_cache: dict[Any, kernel_trace.KernelReport] = {}
 
 
 def _value_dependent() -> set[Any]:
-    """Functions whose answer depends on argument values the signature leaves out (sizes): they reach a
-    shape rule for some sizes only (``adaptive_avg_pool2d(x, 1)`` is a mean; ``(x, 4)`` is a pool).
-    Walked on every call, as is any function whose walk ever reached a shape rule."""
+    """Adaptive pooling functions: their answer depends on sizes the signature leaves out
+    (``adaptive_avg_pool2d(x, 1)`` is a mean, ``(x, 4)`` a pool with a shape rule), so they are walked on
+    every call, as is ``interpolate(mode="area")`` (which pools) and any call whose walk reached a shape
+    rule. Other functions are walked once per signature."""
     found: set[Any] = set()
     for owner, names in (
         (
@@ -283,8 +298,6 @@ def _value_dependent() -> set[Any]:
                 "adaptive_max_pool2d_with_indices",
                 "_adaptive_max_pool1d",
                 "_adaptive_max_pool2d",
-                "interpolate",
-                "upsample",
             ),
         ),
         (torch, ("adaptive_avg_pool1d", "adaptive_max_pool1d")),
@@ -297,7 +310,12 @@ def _value_dependent() -> set[Any]:
     return found
 
 
-_per_call: set[Any] = _value_dependent()
+_PER_CALL_FUNCS: frozenset[Any] = frozenset(_value_dependent())
+_INTERPOLATE = frozenset({F.interpolate, getattr(F, "upsample", None)} - {None})
+
+
+def _area(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    return kwargs.get("mode") == "area" or (len(args) > 3 and args[3] == "area")
 
 
 def _run_with_kernel_rules(
@@ -305,13 +323,16 @@ def _run_with_kernel_rules(
 ) -> Any:
     __tracebackhide__ = True
     try:
-        report = None if func in _per_call else _kernel_cache.get(key)
+        report = _kernel_cache.get(key)  # a report with per_call set is walked again below
     except TypeError:  # an unhashable argument value in the signature
         key, report = None, None
-    if report is None or report.per_call:
+    if (
+        report is None
+        or report.per_call
+        or func in _PER_CALL_FUNCS
+        or (func in _INTERPOLATE and _area(args, kwargs))
+    ):
         report = kernel_trace.walk_call(func, args, kwargs)
-        if report is not None and report.per_call:
-            _per_call.add(func)
         if report is None:  # not walkable: judge the real call by the ops it reaches
             try:
                 out, report = kernel_trace.observe(func, args, kwargs)
@@ -320,15 +341,21 @@ def _run_with_kernel_rules(
                 if match is None:
                     raise
                 return _run_upcast(func, args, kwargs, _BY_NAME[match.group(1)], exc)
-            if key is not None and not report.per_call:
+            if key is not None:
                 _kernel_cache[key] = report
             _report_kernels(rt, func, args, report)
             return out
-        if key is not None and not report.per_call:
+        if key is not None:
             _kernel_cache[key] = report
     if report.kernels or report.shapes:
         _report_kernels(rt, func, args, report)  # raises before running, as MPS does
-    return _run(func, args, kwargs)
+    try:
+        return func(*args, **kwargs)
+    except NotImplementedError as exc:
+        match = _CPU_DTYPE_GAP.search(str(exc))
+        if match is None:
+            raise
+        return _run_upcast(func, args, kwargs, _BY_NAME[match.group(1)], exc)
 
 
 def _observed(rt: Runtime, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -344,17 +371,6 @@ def _observed(rt: Runtime, func: Any, args: tuple[Any, ...], kwargs: dict[str, A
 # float32 and its floating results are cast back, as PyTorch's own MPS tests compute their CPU reference.
 _CPU_DTYPE_GAP = re.compile(r"not implemented for '(Half|BFloat16|Bool)'")
 _BY_NAME = {"Half": torch.float16, "BFloat16": torch.bfloat16, "Bool": torch.bool}
-
-
-def _run(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    __tracebackhide__ = True
-    try:
-        return func(*args, **kwargs)
-    except NotImplementedError as exc:
-        match = _CPU_DTYPE_GAP.search(str(exc))
-        if match is None:
-            raise
-        return _run_upcast(func, args, kwargs, _BY_NAME[match.group(1)], exc)
 
 
 def _convert(obj: Any, src: torch.dtype, dst: torch.dtype) -> Any:

@@ -13,8 +13,8 @@ Two rules:
   e.g. ``nn.functional.conv2d: [int64]``, ``nn.functional.conv_transpose3d: [int64, bfloat16, float16]``,
   refuses those dtypes (a ``RuntimeError``). Entries without dtypes (the op fails outright) are left to
   the kernel registry and the shape rules, which explain them (``to: None`` fails for float64 samples,
-  not for every ``.to()``); float32, MPS's reference dtype, is dropped from the entries that list it:
-  there it is about particular sample inputs (``linalg.norm`` with ``ord="nuc"``), not the dtype.
+  not for every ``.to()``); float32, MPS's reference dtype, is dropped from the plain entries that list
+  it: there it is about particular sample inputs (``linalg.norm`` with ``ord="nuc"``), not the dtype.
   A variant entry applies when the call passes the variant as an argument value
   (``scatter_reduce(..., "prod")``, ``interpolate(mode="bicubic")``), as ``name_value``
   (``round(decimals=0)`` for ``decimals_0``), or as a flag that is set (``hermitian=True``).
@@ -56,6 +56,7 @@ class FunctionRules(NamedTuple):
     gaps: Mapping[Any, tuple[DtypeGap, ...]]
     complex_ok: Mapping[Any, bool]
     source: str
+    float32: frozenset[Any] = frozenset()  # functions with a float32 gap (the common dtype: checked fast)
 
 
 def _resolve(name: str) -> list[Any]:
@@ -101,13 +102,14 @@ def _build(expectations: Any) -> FunctionRules:
     gaps: dict[Any, list[DtypeGap]] = {}
     unimplemented = expectations.lists.get("UNIMPLEMENTED_XFAILLIST", {})
     for key, listed in unimplemented.items():
-        dtypes = None if listed is None else listed - {"float32"}
-        if not dtypes:
-            continue
-        split = _split(key, known)
+        split = _split(key, known) if listed is not None else None
         if split is None:
             continue
         name, variant = split
+        # float32 in a plain entry is about particular samples; a variant entry names the arguments.
+        dtypes = listed if variant else listed - {"float32"}
+        if not dtypes:
+            continue
         for func in _resolve(name):
             gaps.setdefault(func, []).append(DtypeGap(key, variant, frozenset(dtypes)))
     complex_ok: dict[Any, bool] = {}
@@ -127,7 +129,8 @@ def _build(expectations: Any) -> FunctionRules:
             for func in _resolve(name):
                 complex_ok[func] = complex_ok.get(func, False) or ok
     source = str(expectations.source) if expectations.source is not None else "no common_mps.py"
-    return FunctionRules({f: tuple(g) for f, g in gaps.items()}, complex_ok, source)
+    float32 = frozenset(f for f, g in gaps.items() if any("float32" in gap.dtypes for gap in g))
+    return FunctionRules({f: tuple(g) for f, g in gaps.items()}, complex_ok, source, float32)
 
 
 _OFF = FunctionRules({}, {}, "off")
@@ -168,7 +171,9 @@ def primary_dtype(args: Iterable[Any], kwargs: Mapping[str, Any]) -> torch.dtype
     return dtype if isinstance(dtype, torch.dtype) else None
 
 
-def _variant_matches(variant: str, args: Iterable[Any], kwargs: Mapping[str, Any]) -> bool:
+def _variant_matches(
+    variant: str, args: Iterable[Any], kwargs: Mapping[str, Any], dtype: torch.dtype | None = None
+) -> bool:
     if not variant:
         return True
     if any(isinstance(a, str) and a == variant for a in args):
@@ -178,7 +183,10 @@ def _variant_matches(variant: str, args: Iterable[Any], kwargs: Mapping[str, Any
             return True
         if key == variant and value is True:
             return True
-        if f"{key}_{value}" == variant or (f"with_{key}" == variant and value is not None):
+        if f"{key}_{value}" == variant:
+            return True
+        # "with_dtype": the call converts (a dtype= equal to the input's is no conversion at all)
+        if f"with_{key}" == variant and value is not None and not (key == "dtype" and value == dtype):
             return True
     return False
 
@@ -197,7 +205,7 @@ def dtype_refusal(
         return None
     name = _dtype_text(dtype)
     for gap in gaps:
-        if name in gap.dtypes and _variant_matches(gap.variant, args, kwargs):
+        if name in gap.dtypes and _variant_matches(gap.variant, args, kwargs, dtype):
             return (
                 f"MPS does not support {gap.key} for {name} with this torch: PyTorch's own MPS tests expect "
                 f"it to fail (UNIMPLEMENTED_XFAILLIST: {gap.key!r} {sorted(gap.dtypes)} in {rules.source})"

@@ -44,6 +44,7 @@ class Runtime:
         self.collect = collect
         self.fallback = fallback
         self.payload_device = payload_device
+        self.meta = payload_device.type == "meta"
         self.enforce = enforce
         self.findings: list[Finding] = []
         self.namer = ModuleNamer()
