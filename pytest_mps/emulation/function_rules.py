@@ -50,13 +50,21 @@ class DtypeGap(NamedTuple):
     dtypes: frozenset[str]
 
 
-class FunctionRules(NamedTuple):
-    """Rules by function object: dtype gaps, and whether a function's complex64 support is known."""
+class FunctionRules:
+    """Rules by function object: dtype gaps, and (built on the first complex input, as it scans the OpInfo
+    definitions) whether each function supports complex64."""
 
-    gaps: Mapping[Any, tuple[DtypeGap, ...]]
-    complex_ok: Mapping[Any, bool]
-    source: str
-    float32: frozenset[Any] = frozenset()  # functions with a float32 gap (the common dtype: checked fast)
+    def __init__(self, expectations: Any, gaps: Mapping[Any, tuple[DtypeGap, ...]], source: str) -> None:
+        self.gaps = gaps
+        self.source = source
+        #: functions with a float32 gap (the common dtype: one set lookup decides it)
+        self.float32 = frozenset(f for f, g in gaps.items() if any("float32" in gap.dtypes for gap in g))
+        self._expectations = expectations
+
+    @functools.cached_property
+    def complex_ok(self) -> Mapping[Any, bool]:
+        """Function -> True when some OpInfo of it is in ``SUPPORTED_COMPLEX_OPS``, False when none is."""
+        return _complex_support(self._expectations) if self._expectations is not None else {}
 
 
 def _resolve(name: str) -> list[Any]:
@@ -98,11 +106,10 @@ def _split(key: str, known: Mapping[str, tuple[str, str]]) -> tuple[str, str] | 
 
 
 def _build(expectations: Any) -> FunctionRules:
-    known = expectations.opinfo_keys
     gaps: dict[Any, list[DtypeGap]] = {}
     unimplemented = expectations.lists.get("UNIMPLEMENTED_XFAILLIST", {})
     for key, listed in unimplemented.items():
-        split = _split(key, known) if listed is not None else None
+        split = _split(key, {}) if listed is not None else None
         if split is None:
             continue
         name, variant = split
@@ -112,6 +119,12 @@ def _build(expectations: Any) -> FunctionRules:
             continue
         for func in _resolve(name):
             gaps.setdefault(func, []).append(DtypeGap(key, variant, frozenset(dtypes)))
+    source = str(expectations.source) if expectations.source is not None else "no common_mps.py"
+    return FunctionRules(expectations, {f: tuple(g) for f, g in gaps.items()}, source)
+
+
+def _complex_support(expectations: Any) -> dict[Any, bool]:
+    known = expectations.opinfo_keys
     complex_ok: dict[Any, bool] = {}
     supported = expectations.supported_complex
     if supported is not None:
@@ -128,12 +141,10 @@ def _build(expectations: Any) -> FunctionRules:
             ok = any(k in supported for k in keys)
             for func in _resolve(name):
                 complex_ok[func] = complex_ok.get(func, False) or ok
-    source = str(expectations.source) if expectations.source is not None else "no common_mps.py"
-    float32 = frozenset(f for f, g in gaps.items() if any("float32" in gap.dtypes for gap in g))
-    return FunctionRules({f: tuple(g) for f, g in gaps.items()}, complex_ok, source, float32)
+    return complex_ok
 
 
-_OFF = FunctionRules({}, {}, "off")
+_OFF = FunctionRules(None, {}, "off")
 _enabled = [True]
 
 

@@ -101,8 +101,6 @@ class MPSExpectations:
         forward: ``{"fails" | "accuracy" | "skip": {key: dtypes}}`` for the forward comparison.
         grad: the same for the gradient comparison (``test_output_grad_match``).
         lists: ``mps_ops_modifier``'s tables by their own names (``"UNIMPLEMENTED_XFAILLIST"`` ...).
-        opinfo_keys: every OpInfo key found in the definitions, as ``key -> (name, variant)`` (a cheap
-            scan: OpInfos built in loops are missed).
         opinfo_files: where the OpInfos are defined.
         notes: one line per source that was missing or could not be read.
     """
@@ -112,9 +110,17 @@ class MPSExpectations:
     forward: Mapping[str, Mapping[str, DtypeSet]]
     grad: Mapping[str, Mapping[str, DtypeSet]]
     lists: Mapping[str, Any] = field(default_factory=dict)
-    opinfo_keys: Mapping[str, tuple[str, str]] = field(default_factory=dict)
     opinfo_files: tuple[Path, ...] = ()
     notes: tuple[str, ...] = ()
+
+    @functools.cached_property
+    def opinfo_keys(self) -> Mapping[str, tuple[str, str]]:
+        """Every OpInfo key found in the definitions, as ``key -> (name, variant)`` (a regex scan on first
+        use, ~0.1 s: OpInfos built in loops are missed)."""
+        try:
+            return MappingProxyType(scan_opinfo_keys(self.opinfo_files))
+        except (OSError, UnicodeDecodeError):
+            return MappingProxyType({})
 
     @functools.cached_property
     def opinfos(self) -> Mapping[str, OpInfoDeclaration]:
@@ -666,7 +672,6 @@ def load_expectations(testing_dir: Path | None = None) -> MPSExpectations:
         )
     if not forward.get("fails") and source is not None:
         notes.append(f"{source} has no UNIMPLEMENTED_XFAILLIST this parser recognises")
-    keys: dict[str, tuple[str, str]] = {}
     present: list[Path] = []
     if root is not None:
         files = [
@@ -674,13 +679,7 @@ def load_expectations(testing_dir: Path | None = None) -> MPSExpectations:
             *sorted((root / "opinfo" / "definitions").glob("*.py")),
         ]
         present = [f for f in files if f.is_file()]
-    if present:
-        try:
-            keys = scan_opinfo_keys(present)
-        except (OSError, UnicodeDecodeError) as exc:
-            notes.append(f"cannot read the OpInfo definitions ({exc}): their MPS declarations are not used")
-            present = []
-    else:
+    if not present:
         notes.append(
             "this torch ships no common_methods_invocations.py: OpInfo MPS declarations are not used"
         )
@@ -690,7 +689,6 @@ def load_expectations(testing_dir: Path | None = None) -> MPSExpectations:
         forward=MappingProxyType({k: MappingProxyType(v) for k, v in forward.items()}),
         grad=MappingProxyType({k: MappingProxyType(v) for k, v in grad.items()}),
         lists=MappingProxyType(lists),
-        opinfo_keys=MappingProxyType(keys),
         opinfo_files=tuple(present),
         notes=tuple(notes),
     )
