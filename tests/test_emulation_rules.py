@@ -240,3 +240,17 @@ def test_sparse_csr_tensors_move_and_are_judged_by_the_sparse_kernels() -> None:
     assert (("missing_kernel", "aten::addmm") in _errors(emu)) is addmm_missing
     message = next((f.message for f in emu.findings if f.op == "aten::addmm"), "")
     assert not addmm_missing or "'SparseCsrMPS' backend" in message
+
+
+def test_bfloat16_follows_the_macos_rule() -> None:
+    """bfloat16 needs macOS 14: a portability warning only where the installed torch runs on macOS 13."""
+    from pytest_mps.emulation.rules import min_macos
+
+    assert (
+        min_macos("2.8.0") == (13, 0) and min_macos("2.9.1+cpu") == (14, 0) and min_macos("2.5.1") == (12, 3)
+    )
+    with EmulatedMPS(collect=True) as emu:
+        torch.ones(2, dtype=torch.bfloat16, device="mps") * 2
+    warned = [f for f in emu.findings if f.dtypes == ("bfloat16",)]
+    assert bool(warned) is (min_macos() < (14, 0))
+    assert all(f.severity == "warning" for f in warned)

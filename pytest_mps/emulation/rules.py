@@ -34,6 +34,7 @@ __all__ = [
     "attention_scores_bytes",
     "coverage",
     "dtype_name",
+    "min_macos",
     "missing_kernel_hazard",
     "request_hazards",
     "tensor_hazards",
@@ -83,12 +84,37 @@ def _dtype_rules() -> dict[torch.dtype, tuple[str, Severity, type[BaseException]
     )
     rules[torch.complex64] = ("complex", "warning", None, portability)
     rules[torch.complex32] = ("complex", "warning", None, portability)
+    # bfloat16 needs macOS 14 ("MPS BFloat16 is only supported on MacOS 14 or newer", getMPSDataType); only
+    # a torch that still runs on macOS 13 (before 2.9, which requires macOS 14) can meet an older Mac.
+    if min_macos() < (14, 0):
+        rules[torch.bfloat16] = (
+            "dtype",
+            "warning",
+            None,
+            "bfloat16 on MPS needs macOS 14+; on the macOS 13 Macs this torch still supports it raises "
+            "'TypeError: MPS BFloat16 is only supported on MacOS 14 or newer'",
+        )
     # float8 formats have no MPSDataType: any MPSGraph op on them raises (getMPSDataType).
     for name in ("float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2", "float8_e5m2fnuz", "float8_e8m0fnu"):
         dt = getattr(torch, name, None)
         if dt is not None:
             rules[dt] = ("dtype", "error", TypeError, _fp8_message(dt))
     return rules
+
+
+def min_macos(version: str | None = None) -> tuple[int, int]:
+    """The oldest macOS the installed torch (or ``version``) runs on with MPS: 12.3 before torch 2.6,
+    13.0 for 2.6-2.8, 14.0 from 2.9 (PyTorch's release notes)."""
+    text = version if version is not None else torch.__version__
+    try:
+        major, minor = (int(p) for p in text.split("+")[0].split(".")[:2])
+    except ValueError:
+        return (14, 0)
+    if (major, minor) >= (2, 9):
+        return (14, 0)
+    if (major, minor) >= (2, 6):
+        return (13, 0)
+    return (12, 3)
 
 
 def _fp8_message(dt: torch.dtype) -> str:
