@@ -99,6 +99,20 @@ def test_outcomes_per_key_and_dtype(synthetic: Path) -> None:
     assert any("common_methods_invocations" in note for note in expectations.notes)
 
 
+def test_a_complex_deny_list_is_read_too(tmp_path: Path) -> None:
+    """torch 2.15 lists the complex ops that fail (UNSUPPORTED_COMPLEX_OPS) instead of those that work."""
+    root = tmp_path / "_internal"
+    root.mkdir()
+    text = SYNTHETIC.replace(
+        'SUPPORTED_COMPLEX_OPS = {"add", "fft.fftn"}', 'UNSUPPORTED_COMPLEX_OPS = {"linalg.eig"}'
+    )
+    (root / "common_mps.py").write_text(text, encoding="utf-8")
+    expectations = load_expectations(root)
+    assert expectations.supported_complex is None and expectations.unsupported_complex == {"linalg.eig"}
+    assert expectations.forward_outcome("linalg.eig", "complex64") == "fails"
+    assert expectations.forward_outcome("mul", "complex64") == "passes"
+
+
 def test_a_torch_without_common_mps_degrades_with_a_note(tmp_path: Path) -> None:
     expectations = load_expectations(tmp_path)
     assert expectations.source is None and expectations.supported_complex is None
@@ -110,7 +124,8 @@ def test_the_installed_torchs_lists() -> None:
     expectations = load_expectations()
     if expectations.source is None:
         pytest.skip("this torch ships no common_mps.py")
-    assert expectations.supported_complex and "fft.fftn" in expectations.supported_complex
+    assert expectations.complex_supported("fft.fftn")  # FreeU's FFT, on either kind of list
+    assert not expectations.complex_supported("linalg.eig")
     unimplemented = expectations.lists["UNIMPLEMENTED_XFAILLIST"]
     assert unimplemented, expectations.notes
     key, dtypes = next(iter(unimplemented.items()))

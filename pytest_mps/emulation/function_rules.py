@@ -19,7 +19,8 @@ Two rules:
   (``scatter_reduce(..., "prod")``, ``interpolate(mode="bicubic")``), as ``name_value``
   (``round(decimals=0)`` for ``decimals_0``), or as a flag that is set (``hermitian=True``).
 * **complex64**: a complex input to a function that PyTorch's OpInfos cover but none of whose keys is in
-  ``SUPPORTED_COMPLEX_OPS`` is refused (``RuntimeError``). Functions no OpInfo names are not judged.
+  ``SUPPORTED_COMPLEX_OPS`` (torch 2.15+: all of whose keys are in ``UNSUPPORTED_COMPLEX_OPS``) is refused
+  (``RuntimeError``). Functions no OpInfo names are not judged.
 
 Every rule carries where it comes from, for the finding's message.
 """
@@ -124,23 +125,32 @@ def _build(expectations: Any) -> FunctionRules:
 
 
 def _complex_support(expectations: Any) -> dict[Any, bool]:
+    """Function -> whether complex64 works, from the allow-list (``SUPPORTED_COMPLEX_OPS``: some key of
+    the function is listed) or, in torch 2.15+, the deny-list (``UNSUPPORTED_COMPLEX_OPS``: not every key
+    of the function is listed)."""
     known = expectations.opinfo_keys
-    complex_ok: dict[Any, bool] = {}
     supported = expectations.supported_complex
-    if supported is not None:
-        keys_by_name: dict[str, list[str]] = {}
-        for key, (name, _variant) in known.items():
-            keys_by_name.setdefault(name, []).append(key)
-        for key in supported:
-            split = _split(key, known)
-            if split is not None:
-                keys_by_name.setdefault(split[0], []).append(key)
-        for name, keys in keys_by_name.items():
-            if name.startswith("_refs.") or name.startswith("ops."):
-                continue
-            ok = any(k in supported for k in keys)
-            for func in _resolve(name):
-                complex_ok[func] = complex_ok.get(func, False) or ok
+    unsupported = expectations.unsupported_complex
+    if supported is None and unsupported is None:
+        return {}
+    keys_by_name: dict[str, list[str]] = {}
+    for key, (name, _variant) in known.items():
+        keys_by_name.setdefault(name, []).append(key)
+    for key in supported if supported is not None else unsupported:
+        split = _split(key, known)
+        if split is not None:
+            keys_by_name.setdefault(split[0], []).append(key)
+    complex_ok: dict[Any, bool] = {}
+    for name, keys in keys_by_name.items():
+        if name.startswith("_refs.") or name.startswith("ops."):
+            continue
+        ok = (
+            any(k in supported for k in keys)
+            if supported is not None
+            else not all(k in unsupported for k in keys)
+        )
+        for func in _resolve(name):
+            complex_ok[func] = complex_ok.get(func, False) or ok
     return complex_ok
 
 
@@ -241,6 +251,6 @@ def complex_refusal(func: Any, name: str) -> str | None:
     if ok is None or ok:
         return None
     return (
-        f"{name} does not support complex inputs on MPS with this torch: it is not among the ops PyTorch "
-        f"tests with complex64 on MPS (SUPPORTED_COMPLEX_OPS in {rules.source})"
+        f"{name} does not support complex inputs on MPS with this torch: PyTorch's own MPS tests expect it "
+        f"to fail with complex64 (SUPPORTED_COMPLEX_OPS / UNSUPPORTED_COMPLEX_OPS in {rules.source})"
     )

@@ -77,7 +77,8 @@ class MPSExpectations:
 
     Attributes:
         source: the ``common_mps.py`` read, or None when this torch has none.
-        supported_complex: OpInfo keys PyTorch tests with complex64 on MPS (None: unknown).
+        supported_complex: OpInfo keys PyTorch tests with complex64 on MPS (None: unknown, or a torch that
+            keeps a deny-list instead, see :attr:`unsupported_complex`).
         forward: ``{"fails" | "accuracy" | "skip": {key: dtypes}}`` for the forward comparison.
         grad: the same for the gradient comparison (``test_output_grad_match``).
         lists: ``mps_ops_modifier``'s tables by their own names (``"UNIMPLEMENTED_XFAILLIST"`` ...).
@@ -92,6 +93,20 @@ class MPSExpectations:
     lists: Mapping[str, Any] = field(default_factory=dict)
     opinfo_files: tuple[Path, ...] = ()
     notes: tuple[str, ...] = ()
+
+    @property
+    def unsupported_complex(self) -> frozenset[str] | None:
+        """OpInfo keys PyTorch expects to fail with complex64 on MPS, where it keeps a deny-list
+        (``UNSUPPORTED_COMPLEX_OPS``, torch 2.15+) instead of the allow-list; None otherwise."""
+        table = self.lists.get("UNSUPPORTED_COMPLEX_OPS")
+        return table if isinstance(table, frozenset) else None
+
+    def complex_supported(self, key: str) -> bool:
+        """Whether PyTorch expects OpInfo ``key`` to work with complex64 on MPS (True when unknown)."""
+        if self.supported_complex is not None:
+            return key in self.supported_complex
+        unsupported = self.unsupported_complex
+        return unsupported is None or key not in unsupported
 
     @functools.cached_property
     def opinfo_keys(self) -> Mapping[str, tuple[str, str]]:
@@ -124,8 +139,7 @@ class MPSExpectations:
             return "fails"
         if _listed(self.forward.get("cpu", {}), key, dtype):
             return "cpu"
-        complex_unsupported = self.supported_complex is not None and key not in self.supported_complex
-        if dtype.startswith("complex") and complex_unsupported:
+        if dtype.startswith("complex") and not self.complex_supported(key):
             return "fails"
         if declared is not None and _declared(declared.xfail, "test_output_match", dtype):
             return "fails"
