@@ -160,3 +160,44 @@ def test_missing_kernel_error_and_fallback_note(
     result.stdout.fnmatch_lines(
         ["emulated-MPS notes (no error on a Mac, but slower or less portable):", "  fallback: *pool3d*"]
     )
+
+
+def test_emulation_frames_are_hidden_from_tracebacks(pytester: pytest.Pytester) -> None:
+    """A float64 error shows the user's line and MPS's message, not the emulation's machinery."""
+    pytester.makepyfile(
+        """
+        import torch
+
+        def scale(x):
+            return x.double() * 2
+
+        def test_float64(mps_device):
+            x = torch.ones(2, device=mps_device)
+            scale(x)
+        """
+    )
+    result = pytester.runpytest("--mps-device", "emulated", "--tb=long")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        ["*return x.double() * 2", "E * TypeError: Cannot convert a MPS Tensor to float64 dtype*"]
+    )
+    assert "pytest_mps/emulation" not in result.stdout.str()
+    assert "__tracebackhide__" not in result.stdout.str()
+
+
+def test_readme_first_test_runs_on_the_emulated_target(pytester: pytest.Pytester) -> None:
+    """The README's first test under ``--mps-device emulated`` (Diffusers may import torch._dynamo while the
+    emulation runs, and torch 2.14+ introspects what the emulation replaced: it must still be in place)."""
+    import re
+
+    from conftest import REPO
+
+    readme = (REPO / "README.md").read_text()
+    code = re.search(r"```python\n(# tests/test_my_pipeline_mps.py.*?)```", readme, re.S)
+    assert code, "the README lost its first-test example"
+    source = code.group(1).replace('"fixtures/tiny-sd"', repr(str(FIXTURES / "tiny-sd")))
+    pytester.makepyfile(test_my_pipeline_mps=source)
+    # Its first test is enough (test_readme.py runs both on the cpu target): loading and parity on the
+    # emulated device are what the newest torch broke.
+    result = pytester.runpytest("--mps-device", "emulated", "--strict-markers", "-k", "test_matches_cpu")
+    result.assert_outcomes(passed=1, deselected=1)

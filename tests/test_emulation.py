@@ -438,3 +438,91 @@ def test_nothing_emulated_reaches_a_kernel() -> None:
     with torch._C.DisableTorchFunctionSubclass():
         y = torch.add(x, 1)
     assert is_emulated(y) and to_cpu(y).tolist() == [2.0, 2.0]
+
+
+# -- load failures that explain themselves ----------------------------------------------------------------
+class _PatchEmbed(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = torch.nn.Linear(4, 32)
+        table = torch.arange(19, dtype=torch.float64)[None, :, None] * torch.ones(32, dtype=torch.float64)
+        table = table.sin()  # float64, as CogVideoX's sincos position table
+        self.register_buffer("pos_embedding", table, persistent=False)
+
+
+class _Transformer(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.patch_embed = _PatchEmbed()
+
+
+class _Pipeline:
+    """What ``pipe.to("mps")`` does in Diffusers: move every module component."""
+
+    def __init__(self) -> None:
+        self.transformer = _Transformer()
+
+    @property
+    def components(self) -> dict[str, Any]:
+        return {"transformer": self.transformer, "scheduler": None}
+
+    def to(self, device: str) -> _Pipeline:
+        for module in self.components.values():
+            if isinstance(module, torch.nn.Module):
+                module.to(device)
+        return self
+
+
+def _line_of(text: str) -> int:
+    with open(__file__, encoding="utf-8") as source:
+        return next(number for number, line in enumerate(source, 1) if text in line)
+
+
+def test_a_float64_buffer_names_its_module_path_and_creation_line() -> None:
+    """CogVideoX-style: a non-persistent float64 buffer built in ``__init__`` fails ``pipe.to("mps")``;
+    the error names the component path, the buffer, its dtype and shape, and the line that created it."""
+    created = _line_of("# float64, as CogVideoX")
+    with EmulatedMPS():
+        pipe = _Pipeline()  # built while the emulation runs, as under --mps-device emulated
+        with pytest.raises(TypeError) as info:
+            pipe.to("mps")
+    message = str(info.value)
+    assert message.startswith(FLOAT64)
+    assert "transformer.patch_embed.pos_embedding float64 [1, 19, 32]" in message
+    assert f"buffer, created at tests/test_emulation.py:{created} in __init__" in message
+
+
+def test_a_float64_buffer_built_before_the_emulation_names_where_it_is_registered() -> None:
+    registered = _line_of('self.register_buffer("pos_embedding"')
+    model = _Transformer()
+    with EmulatedMPS(collect=True) as emu:
+        model.to("mps")
+    (finding,) = emu.findings
+    assert (finding.kind, finding.op, finding.module) == (
+        "float64",
+        "torch.Tensor.to",
+        "_Transformer.patch_embed",
+    )
+    assert finding.source == f"tests/test_emulation.py:{registered} in _PatchEmbed"
+    assert (
+        "_Transformer.patch_embed.pos_embedding float64 [1, 19, 32] (buffer, registered at" in finding.message
+    )
+    assert finding.dtypes == ("float64",) and finding.shapes == ((1, 19, 32),)
+
+
+# -- what torch introspects stays in place ------------------------------------------------------------------
+def test_replaced_functions_keep_the_attributes_of_the_originals() -> None:
+    """torch._dynamo reads ``torch.backends.mps.is_available.__wrapped__`` when it is imported (torch 2.14+),
+    which Diffusers may do while an emulation is active: replacements wear the originals' attributes."""
+    originals = {name: getattr(torch.backends.mps, name) for name in ("is_available", "is_built", "get_name")}
+    with EmulatedMPS():
+        for name, original in originals.items():
+            replaced = getattr(torch.backends.mps, name)
+            assert replaced is not original
+            assert replaced.__name__ == original.__name__ and replaced.__doc__ == original.__doc__
+            assert replaced.__wrapped__ is original
+            for attr in ("cache_clear", "cache_info"):
+                assert hasattr(replaced, attr) is hasattr(original, attr)
+        assert torch.backends.mps.is_available() is True
+        torch.backends.mps.is_available.__wrapped__  # noqa: B018 - what torch._dynamo does
+    assert torch.backends.mps.is_available is originals["is_available"]

@@ -18,12 +18,15 @@ SEVERITIES: tuple[str, ...] = ("abort", "error", "fallback", "warning")
 #: Finding kinds and what they mean.
 KINDS: dict[str, str] = {
     "float64": "a float64 tensor on MPS (TypeError on a Mac)",
-    "complex": "a complex tensor on MPS: complex128 raises; complex64 needs macOS 14 (diffusers #7569)",
+    "complex": "a complex tensor on MPS: complex128 raises; complex64 needs macOS 14 (diffusers #7569) and "
+    "works only in the ops PyTorch supports it for",
     "dtype": "another dtype MPS cannot hold",
     "dims": "a tensor with more than 16 dimensions (RuntimeError on a Mac)",
     "buffer": "a buffer of 2**32 bytes or more (the Metal assertion aborts the process)",
     "attention_scores": "scaled_dot_product_attention's score matrix on MPS's math path reaches 2**32 bytes",
     "missing_kernel": "an aten op without an MPS kernel (NotImplementedError on a Mac)",
+    "unsupported_dtype": "an op MPS runs, but not for this dtype (per PyTorch's own MPS test expectations)",
+    "shape": "input sizes an MPS kernel does not implement (adaptive pooling that does not divide)",
     "fallback": "an aten op that runs on the CPU (PYTORCH_ENABLE_MPS_FALLBACK=1, or always on MPS)",
     "numpy": "numpy conversion of an MPS tensor without .cpu() (TypeError on a Mac)",
     "device": "a CPU tensor with dimensions meets an MPS tensor in one op (RuntimeError on a Mac)",

@@ -1,12 +1,20 @@
 """Which aten ops have an MPS kernel in the *installed* torch, read from its own operator registry.
 
-A Linux torch is built without MPS, so its dispatcher answers "no MPS kernel" for every op; asking it is
-useless. The build's source of truth ships with it instead: ``torchgen/packaged/ATen/native/
-native_functions.yaml`` lists every aten operator and, under ``dispatch:``, the backends that register a
-kernel for it. This module reads that file (without importing torch) and classifies every operator:
+Two sources, in this order:
+
+1. the dispatcher's own registrations for the ``MPS`` key (``torch._C._dispatch_get_registrations_for_
+   dispatch_key("MPS")``). On a Mac build that is every MPS kernel; on a Linux build it holds the kernels
+   PyTorch registers for MPS *from Python* (``torch/_refs/linalg`` registers ``linalg_lu_solve.out``),
+   which no yaml lists;
+2. the build's ``torchgen/packaged/ATen/native/native_functions.yaml``, which lists every aten operator
+   and, under ``dispatch:``, the backends that register a C++ kernel for it (a Linux build has none of
+   the MPS ones, so the yaml is what says which exist on a Mac).
+
+Every operator gets one status:
 
 * ``NATIVE``: a ``dispatch:`` key names ``MPS`` (alone or in a combined key such as ``CPU, CUDA, MPS``),
-  or the op is ``structured_delegate``-d to an ``.out`` entry that has one;
+  the dispatcher has an MPS registration for it, or the op is ``structured_delegate``-d to an ``.out``
+  entry that has either;
 * ``COMPOSITE``: no ``dispatch:`` at all (CompositeImplicitAutograd: it decomposes into other ops), or a
   ``CompositeExplicitAutograd`` / ``CompositeExplicitAutogradNonFunctional`` / ``CompositeImplicitAutograd``
   kernel, which is registered for every backend;
@@ -19,6 +27,10 @@ Two hand-kept tables cover what the yaml cannot say: :data:`MPS_CPU_FALLBACK_OPS
 outside the yaml) and :data:`CPU_ONLY_HELPER_OPS` (ops that a CPU trace records although MPS would call a
 different op, e.g. ``_scaled_dot_product_flash_attention_for_cpu``); such helpers take the status of their
 MPS counterpart so that they are not false alarms.
+
+:meth:`OpCoverage.runs_composite_kernel` says which COMPOSITE ops reach MPS through a
+``CompositeExplicitAutograd`` kernel (``put`` -> ``put_``, ``logspace`` -> ``logspace.out``): a CPU trace
+records only the composite op, so the emulation runs those kernels again to see the ops they call.
 
 The yaml is parsed by a small dedicated line parser (:func:`parse_native_functions`) rather than PyYAML:
 only four fields of a machine-generated, regularly formatted file are needed, the project then needs no
@@ -46,6 +58,7 @@ __all__ = [
     "OpCoverage",
     "OpCoverageError",
     "default_yaml_path",
+    "dispatcher_mps_registrations",
     "has_mps_kernel",
     "iter_statuses",
     "kernel_status",
@@ -140,6 +153,10 @@ CPU_ONLY_HELPER_OPS: Mapping[str, str] = MappingProxyType(
 # above are reported COMPOSITE (the MPS path runs other, covered ops). ``to_mkldnn`` itself is left alone:
 # user code that calls ``tensor.to_mkldnn()`` really fails on an MPS tensor, and that is the one alarm.
 _CPU_ONLY_PREFIXES: tuple[str, ...] = ("mkldnn_", "_mkldnn_")
+
+_EXPLICIT_KEYS: frozenset[str] = frozenset(
+    {"CompositeExplicitAutograd", "CompositeExplicitAutogradNonFunctional"}
+)
 
 _RANK: Mapping[KernelStatus, int] = MappingProxyType(
     {
@@ -328,13 +345,21 @@ class OpCoverage:
     namespace (custom ops, ``prims``, higher-order ops) are COMPOSITE: the yaml only describes aten, a
     third-party op's MPS kernel may be registered by code that only a Mac imports, and ``prims`` ops run via
     Python references built on aten. An aten name absent from the yaml is looked up in torch's own
-    dispatcher for a composite kernel (e.g. ``aten::get_gradients``), else MISSING.
+    dispatcher (an MPS registration, else a composite kernel, e.g. ``aten::get_gradients``), else MISSING.
+
+    ``explicit`` holds the COMPOSITE names whose MPS path is a ``CompositeExplicitAutograd`` (or generated
+    ``autogen:``) kernel; ``mps_registered`` the dispatcher's MPS registrations that were taken into account.
     """
 
     yaml_path: Path
     torch_version: str | None
     statuses: Mapping[str, KernelStatus] = field(hash=False, repr=False)
     reasons: Mapping[str, str] = field(hash=False, repr=False, compare=False)
+    explicit: frozenset[str] = field(default=frozenset(), hash=False, repr=False, compare=False)
+    mps_registered: frozenset[str] = field(default=frozenset(), hash=False, repr=False, compare=False)
+    dispatch_keys: Mapping[str, frozenset[str] | None] = field(
+        default_factory=dict, hash=False, repr=False, compare=False
+    )
     # Memo of lookups by op object/name: the emulation asks once per dispatched op, so this is hot.
     _memo: dict[Any, tuple[KernelStatus, str]] = field(
         default_factory=dict, init=False, hash=False, repr=False, compare=False
@@ -375,6 +400,39 @@ class OpCoverage:
         status, reason = self._lookup(op)
         return f"{status.value}: {reason}"
 
+    def sparse_status(self, op: Any, compressed: bool) -> KernelStatus | None:
+        """Status of ``op`` for sparse inputs (``compressed``: CSR/CSC/BSR/BSC, else COO): NATIVE when the
+        yaml names ``SparseCsrMPS``/``SparseMPS`` for it, MISSING when it names only the CPU's sparse key,
+        None when the op has no sparse-specific kernel (the dense status applies)."""
+        try:
+            namespace, name = normalize_op_name(op)
+        except TypeError:
+            return None
+        keys = self.dispatch_keys.get(name) if namespace == "aten" else None
+        if not keys:
+            return None
+        prefix = "SparseCsr" if compressed else "Sparse"
+        if f"{prefix}MPS" in keys:
+            return KernelStatus.NATIVE
+        if f"{prefix}CPU" in keys:
+            return KernelStatus.MISSING
+        return None
+
+    def runs_composite_kernel(self, op: Any) -> bool:
+        """True when ``op`` reaches MPS through a ``CompositeExplicitAutograd``-style kernel that calls other
+        aten ops (which a recorder of the CPU run does not see: the emulation runs the kernel again to find
+        them). CompositeImplicitAutograd ops are not: they decompose before any recorder sees them."""
+        try:
+            namespace, name = normalize_op_name(op)
+        except TypeError:
+            return False
+        if namespace != "aten":
+            return False
+        if name in self.statuses:
+            return name in self.explicit
+        status, reason = self._lookup(op)
+        return status is KernelStatus.COMPOSITE and "CompositeExplicitAutograd" in reason
+
     def _lookup(self, op: Any) -> tuple[KernelStatus, str]:
         try:
             return self._memo[op]
@@ -398,6 +456,11 @@ class OpCoverage:
         if overloads:
             best = max(overloads, key=lambda n: _RANK[self.statuses[n]])
             return self.statuses[best], f"best-covered overload {best}: {self.reasons[best]}"
+        if name in self.mps_registered:
+            return (
+                KernelStatus.NATIVE,
+                "not in native_functions.yaml; MPS kernel registered in the dispatcher",
+            )
         return _dispatcher_status(name)
 
 
@@ -411,6 +474,11 @@ def _dispatcher_status(name: str) -> tuple[KernelStatus, str]:
 
     qualified = f"aten::{name}"
     try:
+        if torch._C._dispatch_has_kernel_for_dispatch_key(qualified, "MPS"):
+            return (
+                KernelStatus.NATIVE,
+                "not in native_functions.yaml; MPS kernel registered in the dispatcher",
+            )
         for key in sorted(COMPOSITE_DISPATCH_KEYS):
             if torch._C._dispatch_has_kernel_for_dispatch_key(qualified, key):
                 return KernelStatus.COMPOSITE, f"not in native_functions.yaml; {key} kernel in the dispatcher"
@@ -419,9 +487,15 @@ def _dispatcher_status(name: str) -> tuple[KernelStatus, str]:
     return KernelStatus.MISSING, "not in native_functions.yaml; no composite kernel in the dispatcher"
 
 
-def _classify(entries: Mapping[str, NativeFunction]) -> tuple[dict[str, KernelStatus], dict[str, str]]:
+def _classify(
+    entries: Mapping[str, NativeFunction], mps_registered: frozenset[str] = frozenset()
+) -> tuple[dict[str, KernelStatus], dict[str, str], frozenset[str]]:
     statuses: dict[str, KernelStatus] = {}
     reasons: dict[str, str] = {}
+    explicit: set[str] = set()
+
+    def has_mps(entry: NativeFunction) -> bool:
+        return (entry.dispatch is not None and "MPS" in entry.dispatch) or entry.name in mps_registered
 
     def yaml_status(name: str, seen: frozenset[str]) -> tuple[KernelStatus, str]:
         entry = entries[name]
@@ -431,19 +505,25 @@ def _classify(entries: Mapping[str, NativeFunction]) -> tuple[dict[str, KernelSt
             source, why = resolve(entry.autogen_of, seen)
             if source is KernelStatus.NATIVE:
                 source = KernelStatus.COMPOSITE
+            if source is KernelStatus.COMPOSITE:
+                explicit.add(name)  # a generated wrapper kernel around its source op
             return source, f"autogen of {entry.autogen_of} ({why})"
         keys = entry.dispatch
         if keys is not None and "MPS" in keys:
             return KernelStatus.NATIVE, "MPS kernel in native_functions.yaml"
+        if name in mps_registered:
+            return KernelStatus.NATIVE, "MPS kernel registered in the dispatcher (from Python)"
         delegate = entries.get(entry.structured_delegate) if entry.structured_delegate else None
         # A structured op's functional/inplace variants get, per backend, a kernel generated from the .out
         # entry's kernel: they have an MPS kernel exactly when the delegate's dispatch: names MPS. Their own
         # dispatch: keys then only add other layouts (sparse, nested) or a composite default.
-        if delegate is not None and delegate.dispatch is not None and "MPS" in delegate.dispatch:
+        if delegate is not None and has_mps(delegate):
             return KernelStatus.NATIVE, f"structured_delegate {delegate.name} has an MPS kernel"
         # A backend kernel beats a composite one in the dispatcher, hence the composite check comes second
         # (e.g. silu_backward: CompositeImplicitAutograd, but MPS-native through silu_backward.grad_input).
         if keys is not None and keys & COMPOSITE_DISPATCH_KEYS:
+            if keys & _EXPLICIT_KEYS and "CompositeImplicitAutograd" not in keys:
+                explicit.add(name)
             return KernelStatus.COMPOSITE, f"{sorted(keys & COMPOSITE_DISPATCH_KEYS)[0]} kernel"
         if entry.structured_delegate:
             return KernelStatus.MISSING, f"structured_delegate {entry.structured_delegate} has no MPS kernel"
@@ -471,7 +551,7 @@ def _classify(entries: Mapping[str, NativeFunction]) -> tuple[dict[str, KernelSt
 
     for name in entries:
         resolve(name)
-    return statuses, reasons
+    return statuses, reasons, frozenset(explicit)
 
 
 def default_yaml_path() -> Path:
@@ -503,10 +583,19 @@ def _torch_version() -> str | None:
 
 
 @functools.cache
-def _load_cached(path: Path, mtime_ns: int, size: int) -> OpCoverage:
+def _load_cached(path: Path, mtime_ns: int, size: int, mps_registered: frozenset[str]) -> OpCoverage:
     # Keyed on mtime and size too, so a rewritten file (e.g. a test's synthetic yaml) is parsed afresh.
-    statuses, reasons = _classify(parse_native_functions(path))
-    return OpCoverage(path, _torch_version(), MappingProxyType(statuses), MappingProxyType(reasons))
+    entries = parse_native_functions(path)
+    statuses, reasons, explicit = _classify(entries, mps_registered)
+    return OpCoverage(
+        path,
+        _torch_version(),
+        MappingProxyType(statuses),
+        MappingProxyType(reasons),
+        explicit,
+        mps_registered,
+        MappingProxyType({name: entry.dispatch for name, entry in entries.items()}),
+    )
 
 
 @functools.cache
@@ -516,8 +605,31 @@ def _default_coverage() -> OpCoverage:
     return load_coverage(default_yaml_path())
 
 
-def load_coverage(yaml_path: str | Path | None = None) -> OpCoverage:
+def dispatcher_mps_registrations() -> frozenset[str]:
+    """Yaml-spelled names of the aten ops with a kernel registered for the ``MPS`` dispatch key in this
+    process (every MPS kernel on a Mac build; those registered from Python elsewhere). Empty when torch
+    cannot be imported or does not answer."""
+    try:
+        import torch
+
+        names = torch._C._dispatch_get_registrations_for_dispatch_key("MPS")
+    except Exception:  # torch missing, or a version without the call: the yaml alone decides
+        return frozenset()
+    out = set()
+    for qualified in names:
+        namespace, name = normalize_op_name(qualified)
+        if namespace == "aten":
+            out.add(name)
+    return frozenset(out)
+
+
+def load_coverage(
+    yaml_path: str | Path | None = None, *, mps_registered: frozenset[str] | None = None
+) -> OpCoverage:
     """Coverage table of ``yaml_path`` (default: the installed torch's), parsed once and cached.
+
+    ``mps_registered``: ops (yaml spelling) known to have an MPS kernel besides the yaml's; default: the
+    dispatcher's MPS registrations in this process (see :func:`dispatcher_mps_registrations`).
 
     Raises :class:`OpCoverageError` naming the path and a fix when the file is missing or malformed.
     """
@@ -529,7 +641,8 @@ def load_coverage(yaml_path: str | Path | None = None) -> OpCoverage:
     except OSError:
         parse_native_functions(path)  # raises the descriptive OpCoverageError
         raise  # pragma: no cover - parse_native_functions always raises for an unreadable path
-    return _load_cached(path.resolve(), stat.st_mtime_ns, stat.st_size)
+    registered = dispatcher_mps_registrations() if mps_registered is None else frozenset(mps_registered)
+    return _load_cached(path.resolve(), stat.st_mtime_ns, stat.st_size, registered)
 
 
 def kernel_status(op: Any) -> KernelStatus:

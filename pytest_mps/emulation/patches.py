@@ -7,11 +7,16 @@ MPS generator is a CPU generator whose ``device`` says ``mps:0``, so a seeded ru
 a CPU run draws. The MPS default generator is the CPU default generator for the same reason.
 
 Patches are reference counted (nested emulations install once) and every attribute goes back to exactly
-what it was, including "absent", so leaving the emulation leaves torch as it found it.
+what it was, including "absent", so leaving the emulation leaves torch as it found it. A replacement
+function wears the attributes of the function it replaces (name, docstring, ``__wrapped__``, an
+``lru_cache``'s ``cache_clear``): torch introspects them, e.g. ``torch._dynamo`` reads
+``torch.backends.mps.is_available.__wrapped__`` when it is first imported, which Diffusers may do while
+an emulation is active.
 """
 
 from __future__ import annotations
 
+import functools
 import gc
 import os
 import sys
@@ -325,11 +330,34 @@ def _clear_device_caches() -> None:
             clear()
 
 
+def _is_function(obj: Any) -> bool:
+    return callable(obj) and not isinstance(obj, type)
+
+
+def _dressed(original: Any, fake: Callable[..., Any]) -> Callable[..., Any]:
+    """A new function that calls ``fake`` and wears ``original``'s attributes (see the module docstring)."""
+
+    def replacement(*args: Any, **kwargs: Any) -> Any:
+        return fake(*args, **kwargs)
+
+    try:
+        functools.update_wrapper(replacement, original)
+    except (AttributeError, TypeError):  # pragma: no cover - an exotic callable: keep what could be copied
+        replacement.__wrapped__ = original  # type: ignore[attr-defined]
+    for attr in ("cache_clear", "cache_info", "cache_parameters"):
+        if hasattr(original, attr):
+            setattr(replacement, attr, getattr(original, attr))
+    return replacement
+
+
 def _install() -> None:
     _clear_device_caches()
     try:
         for owner, name, value in _mps_patches():
-            _saved.append((owner, name, owner.__dict__.get(name, _MISSING)))
+            old = owner.__dict__.get(name, _MISSING)
+            _saved.append((owner, name, old))
+            if old is not _MISSING and _is_function(old) and _is_function(value):
+                value = _dressed(old, value)
             setattr(owner, name, value)
         # Module.to("mps") must create new Parameters around the emulated tensors instead of assigning
         # `param.data = emulated` (which would copy the wrapper's metadata into a CPU TensorImpl).

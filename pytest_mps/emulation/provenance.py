@@ -9,6 +9,7 @@ of their methods' frames, so scheduler code gets ``scheduler`` as its owner too.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import sysconfig
@@ -19,7 +20,16 @@ from typing import Any
 
 import torch
 
-__all__ = ["ModuleNamer", "first_user_frame", "format_frame", "is_internal_file"]
+__all__ = [
+    "LoadingContext",
+    "ModuleNamer",
+    "created_at",
+    "first_user_frame",
+    "format_frame",
+    "is_internal_file",
+    "loading_context",
+    "note_creation",
+]
 
 _TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__)) + os.sep
 _PKG_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep  # pytest_mps/
@@ -160,3 +170,127 @@ def caller_frame(depth: int = 1) -> FrameType | None:
         return sys._getframe(depth + 1)
     except ValueError:  # pragma: no cover - stack shallower than asked
         return None
+
+
+# -- tensors reaching the device through Module.to() ------------------------------------------------------
+_APPLY_CODE = getattr(torch.nn.Module._apply, "__code__", None)
+# Where float64/complex128 CPU tensors were created while an emulation was active (the float64 buffer a
+# model builds in __init__ is harmless on the CPU and fails only at ``.to("mps")``, much later).
+# Keyed by id with a weak reference (a WeakKeyDictionary would compare tensors with ``==``).
+_created: dict[int, tuple[weakref.ref[torch.Tensor], str]] = {}
+
+
+def note_creation(tensor: torch.Tensor, frame: FrameType | None) -> None:
+    """Remember the first user frame that created ``tensor`` (called for float64/complex128 outputs)."""
+    user = first_user_frame(frame)
+    if user is None:
+        return
+    key = id(tensor)
+    with contextlib.suppress(TypeError):  # a tensor type without weak references
+        ref = weakref.ref(tensor, lambda _ref, key=key: _created.pop(key, None))
+        _created[key] = (ref, format_frame(user))
+
+
+def created_at(tensor: torch.Tensor) -> str | None:
+    """Where ``tensor`` was created, if an emulation saw it happen."""
+    entry = _created.get(id(tensor))
+    if entry is None or entry[0]() is not tensor:
+        return None
+    return entry[1]
+
+
+class LoadingContext:
+    """A tensor moved by ``Module.to()``: its module path, attribute name, kind and origin."""
+
+    def __init__(
+        self, module: str, name: str, kind: str, tensor: torch.Tensor, origin: tuple[str, str] | None
+    ) -> None:
+        self.module = module
+        self.name = name
+        self.kind = kind
+        self.shape = [int(s) for s in tensor.shape]
+        self.dtype = str(tensor.dtype).rpartition(".")[2]
+        #: ``("created at" | "registered at", "path/file.py:123 in func")``, when known.
+        self.origin = origin
+        self.source = origin[1] if origin is not None else None
+
+    @property
+    def path(self) -> str:
+        """``transformer.patch_embed.pos_embedding``."""
+        return f"{self.module}.{self.name}" if self.module else self.name
+
+    def describe(self) -> str:
+        """``transformer.patch_embed.pos_embedding float64 [1, 19, 32] (buffer, created at ...)``."""
+        where = f", {self.origin[0]} {self.origin[1]}" if self.origin is not None else ""
+        return f"{self.path} {self.dtype} {self.shape} ({self.kind}{where})"
+
+
+def loading_context(
+    frame: FrameType | None, tensor: torch.Tensor, namer: ModuleNamer
+) -> LoadingContext | None:
+    """If ``frame`` runs inside ``Module._apply`` (``module.to(...)``, ``pipe.to(...)``), name the
+    parameter or buffer being moved; None otherwise."""
+    if _APPLY_CODE is None:
+        return None
+    applies: list[FrameType] = []
+    outer_self: list[Any] = []
+    f = frame
+    while f is not None:
+        if f.f_code is _APPLY_CODE:
+            applies.append(f)
+        elif applies and "self" in f.f_code.co_varnames[: f.f_code.co_argcount]:
+            outer_self.append(f.f_locals.get("self"))
+        f = f.f_back
+    if not applies:
+        return None
+    inner, root_frame = applies[0], applies[-1]
+    module = inner.f_locals.get("self")
+    key = inner.f_locals.get("key")
+    root = root_frame.f_locals.get("self")
+    if not isinstance(module, torch.nn.Module) or not isinstance(key, str):
+        return None
+    kind = "parameter" if key in module._parameters else "buffer"
+    source_tensor = inner.f_locals.get("param" if kind == "parameter" else "buf")
+    root_label = _root_label(root, outer_self, namer)
+    qual = namer._qualname(root, module) if isinstance(root, torch.nn.Module) else None
+    path = ".".join(p for p in (root_label, qual) if p)
+    created = created_at(source_tensor) if isinstance(source_tensor, torch.Tensor) else None
+    registered = _registration_site(type(module), key) if created is None else None
+    origin = ("created at", created) if created else ("registered at", registered) if registered else None
+    return LoadingContext(path, key, kind, tensor, origin)
+
+
+def _root_label(root: Any, outer: list[Any], namer: ModuleNamer) -> str:
+    label = namer._root_label(root)
+    if label is not None:
+        return label
+    for obj in outer:  # e.g. DiffusionPipeline.to: name the module by its component name
+        components = getattr(obj, "components", None)
+        if isinstance(components, Mapping):
+            for name, value in components.items():
+                if value is root:
+                    return str(name)
+    return type(root).__name__
+
+
+def _registration_site(cls: type, name: str) -> str | None:
+    """Where ``cls`` (or a base class) registers ``name``: ``register_buffer("name", ...)`` or
+    ``self.name = ...``; a static answer for tensors built before any emulation started."""
+    import inspect
+    import re
+
+    pattern = re.compile(
+        rf"""register_(?:buffer|parameter)\(\s*["']{re.escape(name)}["']|self\.{re.escape(name)}\s*=[^=]"""
+    )
+    for klass in cls.__mro__:
+        if klass is torch.nn.Module or klass is object:
+            break
+        try:
+            lines, start = inspect.getsourcelines(klass)
+            filename = inspect.getsourcefile(klass)
+        except (OSError, TypeError):
+            continue
+        for offset, line in enumerate(lines):
+            if pattern.search(line):
+                return f"{_short_path(filename or '?')}:{start + offset} in {klass.__name__}"
+    return None

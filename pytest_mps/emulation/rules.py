@@ -9,8 +9,8 @@ every emulated call, so the common "no hazard" answer is a couple of dict/attrib
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
-from typing import Any, NamedTuple
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 
@@ -24,6 +24,7 @@ from pytest_mps.emulation.errors import (
     ndim_message,
 )
 from pytest_mps.emulation.findings import Severity
+from pytest_mps.emulation.op_coverage import KernelStatus, OpCoverage, load_coverage
 
 __all__ = [
     "DTYPE_RULES",
@@ -31,10 +32,13 @@ __all__ = [
     "KernelHazard",
     "attention_hazard",
     "attention_scores_bytes",
+    "coverage",
     "dtype_name",
-    "kernel_hazards",
+    "min_macos",
+    "missing_kernel_hazard",
     "request_hazards",
     "tensor_hazards",
+    "verdict_of",
 ]
 
 _INT32_MAX = 2**31 - 1
@@ -51,10 +55,12 @@ class Hazard(NamedTuple):
 
 
 class KernelHazard(NamedTuple):
-    """An aten op that has no MPS kernel (``missing``) or always runs on the CPU on MPS (``always``)."""
+    """An aten op that has no MPS kernel (``missing``) or always runs on the CPU on MPS (``always``);
+    ``backend`` is ``SparseMPS``/``SparseCsrMPS`` when the kernel missing is a sparse one."""
 
     op_name: str  # "aten::_adaptive_avg_pool3d"
     always_fallback: bool
+    backend: str = "MPS"
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -78,12 +84,37 @@ def _dtype_rules() -> dict[torch.dtype, tuple[str, Severity, type[BaseException]
     )
     rules[torch.complex64] = ("complex", "warning", None, portability)
     rules[torch.complex32] = ("complex", "warning", None, portability)
+    # bfloat16 needs macOS 14 ("MPS BFloat16 is only supported on MacOS 14 or newer", getMPSDataType); only
+    # a torch that still runs on macOS 13 (before 2.9, which requires macOS 14) can meet an older Mac.
+    if min_macos() < (14, 0):
+        rules[torch.bfloat16] = (
+            "dtype",
+            "warning",
+            None,
+            "bfloat16 on MPS needs macOS 14+; on the macOS 13 Macs this torch still supports it raises "
+            "'TypeError: MPS BFloat16 is only supported on MacOS 14 or newer'",
+        )
     # float8 formats have no MPSDataType: any MPSGraph op on them raises (getMPSDataType).
     for name in ("float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2", "float8_e5m2fnuz", "float8_e8m0fnu"):
         dt = getattr(torch, name, None)
         if dt is not None:
             rules[dt] = ("dtype", "error", TypeError, _fp8_message(dt))
     return rules
+
+
+def min_macos(version: str | None = None) -> tuple[int, int]:
+    """The oldest macOS the installed torch (or ``version``) runs on with MPS: 12.3 before torch 2.6,
+    13.0 for 2.6-2.8, 14.0 from 2.9 (PyTorch's release notes)."""
+    text = version if version is not None else torch.__version__
+    try:
+        major, minor = (int(p) for p in text.split("+")[0].split(".")[:2])
+    except ValueError:
+        return (14, 0)
+    if (major, minor) >= (2, 9):
+        return (14, 0)
+    if (major, minor) >= (2, 6):
+        return (13, 0)
+    return (12, 3)
 
 
 def _fp8_message(dt: torch.dtype) -> str:
@@ -170,69 +201,44 @@ def attention_hazard(query: torch.Tensor, key: torch.Tensor) -> Hazard | None:
     return Hazard("attention_scores", "abort", message, MPSAbortError, nbytes)
 
 
-def kernel_hazards(ops: Iterable[Any]) -> tuple[KernelHazard, ...]:
-    """The ops among ``ops`` (aten OpOverloads) that do not run natively on MPS in the installed torch,
-    according to :mod:`pytest_mps.emulation.op_coverage`. Unknown ops count as covered (no false alarms)."""
-    status_of = _status_lookup()
-    if status_of is None:
-        return ()
-    out: list[KernelHazard] = []
-    seen: set[Any] = set()
-    for op in ops:
-        if op in seen:
-            continue
-        seen.add(op)
-        verdict = status_of(op)
-        if verdict is not None:
-            out.append(KernelHazard(_op_name(op), verdict == "always"))
-    return tuple(out)
-
-
 def missing_kernel_hazard(h: KernelHazard, fallback: bool) -> Hazard:
     """How a :class:`KernelHazard` shows on a Mac: ``NotImplementedError``, or the CPU-fallback warning
     when ``PYTORCH_ENABLE_MPS_FALLBACK=1`` (or always, for ops MPS registers as CPU fallbacks)."""
     from pytest_mps.emulation.errors import fallback_warning_message
 
+    if h.backend != "MPS":  # MPSFallback.mm registers the CPU fallback for dense MPS tensors only
+        message = (
+            f"Could not run '{h.op_name}' with arguments from the '{h.backend}' backend. This could be "
+            "because "
+            "the operator doesn't exist for this backend, or was omitted during the selective/custom build "
+            "process (if using custom build)."
+        )
+        return Hazard("missing_kernel", "error", message, NotImplementedError)
     if h.always_fallback or fallback:
         return Hazard("fallback", "fallback", fallback_warning_message(h.op_name), None)
     return Hazard("missing_kernel", "error", missing_kernel_message(h.op_name), NotImplementedError)
 
 
-def _op_name(op: Any) -> str:
-    name = getattr(op, "name", None)
-    return name() if callable(name) else str(op)
+def verdict_of(status: KernelStatus) -> str | None:
+    """``"missing"`` for an op MPS lacks, ``"always"`` for one MPS always runs on the CPU, else None."""
+    if status is KernelStatus.MISSING:
+        return "missing"
+    if status is KernelStatus.ALWAYS_FALLBACK:
+        return "always"
+    return None
 
 
-_status_cache: dict[Any, str | None] = {}
-_lookup_state: list[Any] = []  # [callable or None], filled on first use
+_coverage_state: list[OpCoverage | None] = []  # filled on first use
 
 
-def _status_lookup() -> Any:
-    """``op -> "missing" | "always" | None`` backed by op_coverage (imported lazily: parsing the yaml
-    takes a second, and only emulated runs need it). None when op_coverage is unavailable."""
-    if _lookup_state:
-        return _lookup_state[0]
-    try:
-        from pytest_mps.emulation import op_coverage
-    except ImportError:  # written by another module of this package; degrade to "no kernel findings"
-        _lookup_state.append(None)
-        return None
-
-    missing = op_coverage.KernelStatus.MISSING
-    always = op_coverage.KernelStatus.ALWAYS_FALLBACK
-
-    def lookup(op: Any) -> str | None:
+def coverage() -> OpCoverage | None:
+    """The installed torch's :class:`~pytest_mps.emulation.op_coverage.OpCoverage` (loaded on first use:
+    parsing the yaml takes a fraction of a second, and only emulated runs need it); None when it cannot
+    be loaded (then no kernel findings, rather than false ones)."""
+    if not _coverage_state:
         try:
-            return _status_cache[op]
-        except KeyError:
-            pass
-        try:
-            status = op_coverage.kernel_status(op)
-        except Exception:  # an op the table does not know: trust it
-            status = None
-        verdict = "missing" if status is missing else "always" if status is always else None
-        _status_cache[op] = verdict
-        return verdict
-
-    _lookup_state.append(lookup)
-    return lookup
+            table: OpCoverage | None = load_coverage()
+        except Exception:  # no yaml in this torch, or an unreadable one: degrade to "no kernel findings"
+            table = None
+        _coverage_state.append(table)
+    return _coverage_state[0]

@@ -41,6 +41,12 @@ class EmulatedTensor(torch.Tensor):
     def __new__(cls, payload: torch.Tensor) -> EmulatedTensor:
         # requires_grad stays False: autograd metadata on a wrapper aborts a CPU-only torch. The payload
         # carries requires_grad/grad instead (getters and setters are routed to it).
+        if payload.layout is not torch.strided:  # sparse (COO, CSR, ...) tensors have no strides
+            out = _make_wrapper(
+                cls, payload.shape, dtype=payload.dtype, layout=payload.layout, device=MPS_DEVICE
+            )
+            out._payload = payload
+            return out
         offset = payload.storage_offset()
         if offset:
             out = _make_wrapper(
