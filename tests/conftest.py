@@ -7,12 +7,19 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-import pytest
-
 # Imported once, here, before any `pytester` fixture snapshots sys.modules: pytester removes modules
 # first imported during a test, and torch's C extension cannot be imported a second time.
+import diffusers.utils.logging
+import pytest
 import torch
+import transformers.utils.logging
 from _pytest import pytester as _pytester
+
+# Diffusers and Transformers give their loggers a stream handler on first use, bound to the sys.stderr of
+# that moment: done here, it is the session's; done inside an inner pytester run, it would be that run's
+# capture, closed when the run ends ("--- Logging error ---" in every later test).
+diffusers.utils.logging.get_verbosity()
+transformers.utils.logging.get_verbosity()
 
 _snapshot_init = _pytester.SysModulesSnapshot.__init__
 

@@ -172,7 +172,7 @@ ZOO: dict[str, ZooEntry] = _entries(
         v.cogvideox,
         verdict=MPS_HAZARD,
         failing=("load",),
-        cause="float64",
+        cause="transformer.patch_embed.pos_embedding float64",
         why="its sin/cos position table (transformer.patch_embed.pos_embedding) is a float64 buffer "
         "built at construction: moving the pipeline to MPS fails",
     ),
