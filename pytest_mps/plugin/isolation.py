@@ -70,11 +70,12 @@ class ProjectIsolation:
 
     def plan(self, items: Sequence[pytest.Item]) -> None:
         """Note the collected tests; start a worker now when some will need one (its start-up and
-        collection then overlap the tests that run here)."""
+        collection then overlap the tests that run here). Under pytest-xdist a worker starts on first
+        need: an xdist worker may never be given a device test."""
         self.items = list(items)
         self.position = {id(item): i for i, item in enumerate(self.items)}
         self.isolated = [isolates(item) for item in self.items]
-        if any(self.isolated) and not self.config.option.collectonly:
+        if self.in_order and any(self.isolated) and not self.config.option.collectonly:
             self._worker()
 
     def _is_isolated(self, item: pytest.Item) -> bool:
@@ -189,7 +190,7 @@ class ProjectIsolation:
             (STDERR_PROPERTY, death.stderr[-65536:]),
         ]
         self._log_failure(item, when, lines, outcome.stderr or death.stderr, properties)
-        if following is not None or not self.in_order:
+        if following is not None:
             self._worker()  # the replacement starts now, while this process carries on
 
     def _log_failure(
