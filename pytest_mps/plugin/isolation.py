@@ -150,9 +150,8 @@ class ProjectIsolation:
         """Log a worker's report or warning here, as if the test had run here."""
         event = message.get("event")
         if event == "report":
-            report = self.config.hook.pytest_report_from_serializable(
-                config=self.config, data=message["data"]
-            )
+            data = _with_tuples(message["data"])
+            report = self.config.hook.pytest_report_from_serializable(config=self.config, data=data)
             item.ihook.pytest_runtest_logreport(report=report)
         elif event == "warning":
             _rewarn(self.config, message)
@@ -223,6 +222,18 @@ class ProjectIsolation:
         worker, self.worker = self.worker, None
         if worker is not None:
             worker.close()
+
+
+def _with_tuples(data: dict[str, Any]) -> dict[str, Any]:
+    """A serialised report with the tuples JSON turned into lists made tuples again (a skip's
+    ``longrepr`` must be one, and plugins unpack the others)."""
+    data = dict(data)
+    for name in ("location", "longrepr"):
+        if isinstance(data.get(name), list):
+            data[name] = tuple(data[name])
+    for name in ("sections", "user_properties"):
+        data[name] = [tuple(entry) for entry in data.get(name) or ()]
+    return data
 
 
 def _worker_arguments(config: pytest.Config) -> list[str]:
