@@ -70,6 +70,7 @@ class SessionWorker:
         basetemp: the worker's own ``--basetemp`` (under the parent's, never the parent's itself).
         images: send the images of the results (the parent writes an HTML report).
         echo: copy the worker's stderr to this process's as it arrives (``-s``: output not captured).
+        preload: modules the worker imports before it is ready (``torch``, ``diffusers``).
         env: extra environment variables.
         startup_timeout: seconds the worker may take to start and collect.
     """
@@ -82,10 +83,16 @@ class SessionWorker:
         basetemp: str | None,
         images: bool = False,
         echo: bool = False,
+        preload: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
         startup_timeout: float = STARTUP_TIMEOUT_S,
     ) -> None:
-        spec = {"args": [str(a) for a in args], "basetemp": basetemp, "images": images}
+        spec = {
+            "args": [str(a) for a in args],
+            "basetemp": basetemp,
+            "images": images,
+            "preload": list(preload),
+        }
         self.worker = Worker(
             preload=False,
             module="pytest_mps.isolation.session_worker",
@@ -151,9 +158,14 @@ class SessionWorker:
         outcome.seconds = time.perf_counter() - start
         return outcome
 
+    def ask_to_exit(self) -> None:
+        """Ask the worker to end its session (its remaining fixtures are torn down) and exit, without
+        waiting: it finishes while the parent writes its reports."""
+        self.worker.ask_to_exit()
+
     def close(self) -> None:
-        """End the worker's session (its remaining fixtures are torn down), or kill it."""
-        self.worker.close()
+        """End the worker's session and wait for it (30 s at most), or kill it."""
+        self.worker.close(wait=30.0)
 
 
 def crash_lines(death: Death, *, when: str | None) -> list[str]:

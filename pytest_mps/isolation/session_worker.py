@@ -11,15 +11,18 @@ reported. The session-scoped state (pytest-mps's pipeline cache, session fixture
 test to the next until the worker dies.
 
 The parent's arguments are replayed, with what must not happen twice turned off here: crash isolation
-itself, pytest-xdist, the debugger, ``-x``/``--maxfail``, JUnit XML and pytest-mps's reports and
-receipt (the parent writes them), pytest's last-failed and step-wise caches (the parent keeps them).
+itself, pytest-xdist, the debugger, ``-x``/``--maxfail``, ``--setup-show``, JUnit XML and pytest-mps's
+reports and receipt (the parent writes them), pytest's last-failed and step-wise caches (the parent
+keeps them), and pytest's terminal reporter (no one reads it here).
 Output is captured with ``tee-sys``, so what a test writes to ``sys.stderr`` also reaches the real
 stderr that the parent keeps and quotes when the process dies (native writes, such as a Metal
-assertion, always do); pytest's own terminal output goes nowhere.
+assertion, always do).
 
 Protocol (one JSON object per line; requests on stdin, messages on the original stdout):
 
-- on start, after collection: ``{"event": "ready", "pid", "seconds", "collected", "errors"}``;
+- on start, after collection and the imports the parent asked for (``torch``, ``diffusers``: so that
+  ``--mps-timeout`` times tests, not first imports): ``{"event": "ready", "pid", "seconds",
+  "collected", "errors"}``;
 - ``{"op": "run", "nodeid": X, "next": Y or null}`` -> ``{"event": "report", "data": ...}`` per report
   (``pytest_report_to_serializable``), ``{"event": "warning", ...}`` per warning, ``{"event":
   "properties", "data": ...}`` after each pytest-mps result is recorded, then ``{"done": true,
@@ -46,8 +49,9 @@ __all__ = ["SPEC_VARIABLE", "WORKER_PLUGIN", "main"]
 SPEC_VARIABLE = "PYTEST_MPS_ISOLATED_SPEC"
 #: The name the serving plugin is registered under (how pytest-mps knows it runs in such a worker).
 WORKER_PLUGIN = "pytest-mps-isolated-worker"
-#: pytest plugins that write shared cache entries at the end of a session: the parent's job.
-_BLOCKED = ("lfplugin", "nfplugin", "stepwiseplugin")
+#: pytest plugins whose work is the parent's: cache entries written at the end of a session, and the
+#: terminal (no one reads it here; its end-of-run summary hooks would cost seconds for nothing).
+_BLOCKED = ("lfplugin", "nfplugin", "stepwiseplugin", "terminalreporter")
 
 
 class ServePlugin:
@@ -86,6 +90,7 @@ class ServePlugin:
             "numprocesses": None,
             "maxprocesses": None,
             "looponfail": False,
+            "setupshow": False,  # it writes to the terminal
             "basetemp": self.spec.get("basetemp"),
         }
         for name, value in overrides.items():
@@ -128,6 +133,7 @@ class ServePlugin:
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtestloop(self, session: pytest.Session) -> bool:
         """Serve the parent's requests until it says ``exit`` (or goes away)."""
+        _preload(self.spec.get("preload") or ())
         self.send(
             {
                 "event": "ready",
@@ -197,6 +203,21 @@ class ServePlugin:
         the results recorded before it."""
         if item is not None:
             self.send({"event": "properties", "nodeid": item.nodeid, "data": list(item.user_properties)})
+
+
+def _preload(names: Sequence[str]) -> None:
+    """Import what the tests will need before saying ready (a failure is reported by the test that
+    needs the module, with its own message)."""
+    import importlib
+    import traceback
+
+    for name in names:
+        try:
+            module = importlib.import_module(str(name))
+            if name == "diffusers":
+                module.DiffusionPipeline  # noqa: B018 - the lazy import is the point
+        except Exception:
+            traceback.print_exc()
 
 
 def _store_stats(config: Any) -> dict[str, Any] | None:

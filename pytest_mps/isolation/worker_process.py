@@ -128,6 +128,7 @@ class Worker:
             thread.start()
         self.ready: dict[str, Any] | None = None
         self.death: Death | None = None
+        self._leaving = False
 
     # -- plumbing ---------------------------------------------------------------------------------
     def _read_answers(self, stream: IO[bytes]) -> None:
@@ -275,16 +276,24 @@ class Worker:
         self._settle()
         return self._record(kind, doing, start, timeout, self._proc.returncode)
 
-    def close(self, *, graceful: bool = True) -> None:
-        """End the worker: ask it to exit (if ``graceful`` and it is ready), else kill it."""
+    def ask_to_exit(self) -> None:
+        """Ask a ready worker to finish and exit, without waiting for it (:meth:`close` waits)."""
+        if self._proc.poll() is None and self.ready is not None and self.death is None and not self._leaving:
+            self._leaving = True
+            with contextlib.suppress(BrokenPipeError, OSError, AssertionError):
+                assert self._proc.stdin is not None
+                self._proc.stdin.write(b'{"op": "exit"}\n')
+                self._proc.stdin.flush()
+
+    def close(self, *, graceful: bool = True, wait: float = 10.0) -> None:
+        """End the worker: ask it to exit and wait up to ``wait`` seconds (if ``graceful`` and it is
+        ready), else (or then) kill it."""
         if self._proc.poll() is None:
-            if graceful and self.ready is not None and self.death is None:
-                with contextlib.suppress(BrokenPipeError, OSError, AssertionError):
-                    assert self._proc.stdin is not None
-                    self._proc.stdin.write(b'{"op": "exit"}\n')
-                    self._proc.stdin.flush()
+            if graceful:
+                self.ask_to_exit()
+            if self._leaving:
                 with contextlib.suppress(subprocess.TimeoutExpired):
-                    self._proc.wait(timeout=10)
+                    self._proc.wait(timeout=wait)
             if self._proc.poll() is None:
                 self._proc.kill()
         self._settle()

@@ -65,6 +65,7 @@ class ProjectIsolation:
         self.broken: str | None = None
         self.failed_starts = 0
         self.reference_stats: dict[int, dict[str, Any]] = {}
+        self.preload: list[str] = []
 
     # -- the plan -----------------------------------------------------------------------------------
 
@@ -75,7 +76,10 @@ class ProjectIsolation:
         self.items = list(items)
         self.position = {id(item): i for i, item in enumerate(self.items)}
         self.isolated = [isolates(item) for item in self.items]
-        if self.in_order and any(self.isolated) and not self.config.option.collectonly:
+        self.preload = _preload(
+            [item for item, isolated in zip(self.items, self.isolated, strict=True) if isolated]
+        )
+        if self.in_order and any(self.isolated):
             self._worker()
 
     def _is_isolated(self, item: pytest.Item) -> bool:
@@ -127,6 +131,7 @@ class ProjectIsolation:
                 basetemp=_worker_basetemp(self.config, self.workers),
                 images=settings.report_html is not None,
                 echo=getattr(self.config.option, "capture", "fd") == "no",
+                preload=self.preload,
             )
         return self.worker
 
@@ -217,11 +222,26 @@ class ProjectIsolation:
             )
             item.ihook.pytest_runtest_logreport(report=closing)
 
+    def finish(self) -> None:
+        """Ask the worker to end (it tears down what it still holds) while this session ends too."""
+        if self.worker is not None:
+            self.worker.ask_to_exit()
+
     def close(self) -> None:
-        """End the worker (it tears down what it still holds)."""
+        """Wait for the worker to end (or kill it)."""
         worker, self.worker = self.worker, None
         if worker is not None:
             worker.close()
+
+
+def _preload(items: Sequence[pytest.Item]) -> list[str]:
+    """What a worker imports before it says it is ready, so that ``--mps-timeout`` times the tests and
+    not the first import: torch for tests that reach the device through ``mps_device``,
+    ``mps_pipeline`` or the ``mps`` marker, Diffusers too for ``mps_pipeline``."""
+    names = {name for item in items for name in getattr(item, "fixturenames", ())}
+    marked = any(item.get_closest_marker("mps") is not None for item in items)
+    torch = marked or bool(names & {"mps_device", "mps_pipeline"})
+    return [*(["torch"] if torch else []), *(["diffusers"] if "mps_pipeline" in names else [])]
 
 
 def _with_tuples(data: dict[str, Any]) -> dict[str, Any]:
@@ -293,7 +313,9 @@ def worker_reference_stats(config: pytest.Config) -> list[dict[str, Any]]:
 
 @pytest.hookimpl(trylast=True)
 def pytest_configure(config: pytest.Config) -> None:
-    if session_of(config).settings.isolate:
+    option = config.option
+    planning = any(getattr(option, name, False) for name in ("collectonly", "setuponly", "setupplan"))
+    if session_of(config).settings.isolate and not planning:  # nothing runs when only planning
         config.stash[_KEY] = ProjectIsolation(config)
 
 
@@ -323,7 +345,7 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
 def pytest_sessionfinish(session: pytest.Session) -> None:
     state = session.config.stash.get(_KEY, None)
     if state is not None:
-        state.close()
+        state.finish()
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

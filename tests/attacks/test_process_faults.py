@@ -4,10 +4,11 @@ protocol runs, is killed from outside, or crashes in a fixture; the parent is ki
 Each time the right test fails naming the signal, the session goes on in a fresh worker, the other
 tests pass, and nothing is left running.
 
-Most attacks share one real session (``python -m pytest`` on a small project, target ``cpu``): each
-attack test is followed by a healthy device test, and each case reads its two tests' outcomes from
-the session's JUnit XML. Attacks that need their own session (a hang, a worker that cannot start, the
-parent killed, pytest-xdist) run their own."""
+Most attacks share one of two real sessions (``python -m pytest`` on a small project, target ``cpu``:
+one whose tests reach the device through torch, one whose tests only hold the device lock, so that
+its many workers start cheaply): each attack test is followed by a healthy device test, and each case
+reads its two tests' outcomes from the session's JUnit XML. Attacks that need a session of their own
+(a hang, a worker that cannot start, the parent killed, pytest-xdist) run their own."""
 
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ METAL_ASSERTION = (
 
 # Every device test notes which process ran it; crashes write the Metal line natively (to fd 2, as
 # Metal does), so pytest's output capture cannot swallow it.
-PROJECT = f"""
+HELPERS = f"""
 import ctypes
 import os
 import subprocess
@@ -58,20 +59,10 @@ def ran(name):
 def metal_abort():
     os.write(2, (METAL + "\\n").encode())
     os.abort()
+"""
 
-
-@pytest.fixture
-def aborts_in_setup():
-    metal_abort()
-    yield
-
-
-@pytest.fixture
-def aborts_in_teardown():
-    yield
-    metal_abort()
-
-
+# Tests that reach the device through torch (their workers import torch before taking tests).
+METAL = """
 def test_plain_here():
     ran("plain_here")
 
@@ -88,6 +79,30 @@ def test_abort(mps_device):
 
 def test_after_abort(mps_device):
     ran("after_abort")
+
+
+@pytest.mark.mps
+def test_marked_abort():  # the last test: nothing after it needs a fresh worker
+    ran("marked_abort")
+    metal_abort()
+"""
+
+# Tests that only hold the device lock (cheap workers: no torch), one healthy test after each attack.
+FAULTS = """
+@pytest.fixture
+def aborts_in_setup():
+    metal_abort()
+    yield
+
+
+@pytest.fixture
+def aborts_in_teardown():
+    yield
+    metal_abort()
+
+
+def test_first(mps_device_lock):
+    ran("first")
 
 
 def test_segfault(mps_device_lock):
@@ -110,8 +125,8 @@ def test_after_exit(mps_device_lock):
 
 def test_noise(mps_device_lock):
     ran("noise")
-    print("{{not json, on sys.stdout")
-    os.write(1, b"{{not json, on file descriptor 1\\n")
+    print("{not json, on sys.stdout")
+    os.write(1, b"{not json, on file descriptor 1\\n")
     sys.stdout.flush()
 
 
@@ -143,16 +158,6 @@ def test_teardown_crash(mps_device_lock, aborts_in_teardown):
 
 def test_after_teardown_crash(mps_device_lock):
     ran("after_teardown_crash")
-
-
-@pytest.mark.mps
-def test_marked_abort():
-    ran("marked_abort")
-    metal_abort()
-
-
-def test_after_marked_abort(mps_device_lock):
-    ran("after_marked_abort")
 
 
 def test_result_then_abort(request, mps_device_lock):
@@ -233,15 +238,23 @@ def run_project(folder: Path, source: str, *args: str, timeout: float = 240) -> 
 
 
 @pytest.fixture(scope="module")
-def session(tmp_path_factory: pytest.TempPathFactory) -> Session:
-    """The shared session of most attacks (a JSON report too, to see that results arrive)."""
+def metal(tmp_path_factory: pytest.TempPathFactory) -> Session:
+    """The shared session of the Metal-style aborts."""
+    return run_project(tmp_path_factory.mktemp("metal"), HELPERS + METAL)
+
+
+@pytest.fixture(scope="module")
+def faults(tmp_path_factory: pytest.TempPathFactory) -> Session:
+    """The shared session of the other attacks (a JSON report too, to see that results arrive)."""
     folder = tmp_path_factory.mktemp("faults")
-    return run_project(folder, PROJECT, f"--mps-report-json={folder / 'report.json'}")
+    return run_project(folder, HELPERS + FAULTS, f"--mps-report-json={folder / 'report.json'}")
 
 
-# (attack test, the outcome it must get, words its report must contain, the healthy test after it)
+# (the session, the attack test, the outcome it must get, words its report must contain, the healthy
+# test after it)
 ATTACKS = [
     pytest.param(
+        "metal",
         "abort",
         "failure",
         [
@@ -255,6 +268,15 @@ ATTACKS = [
         id="metal-abort-in-a-test",
     ),
     pytest.param(
+        "metal",
+        "marked_abort",
+        "failure",
+        ["killed by SIGABRT", METAL_ASSERTION],
+        None,
+        id="abort-in-a-test-marked-mps",
+    ),
+    pytest.param(
+        "faults",
         "segfault",
         "failure",
         [
@@ -265,6 +287,7 @@ ATTACKS = [
         id="segfault",
     ),
     pytest.param(
+        "faults",
         "exit",
         "failure",
         ["exited with status 3 without finishing the test"],
@@ -272,6 +295,7 @@ ATTACKS = [
         id="exit-without-answer",
     ),
     pytest.param(
+        "faults",
         "killed",
         "failure",
         ["killed by SIGKILL (signal 9): killed from outside"],
@@ -279,6 +303,7 @@ ATTACKS = [
         id="killed-from-outside",
     ),
     pytest.param(
+        "faults",
         "setup_crash",
         "error",
         ["killed by SIGABRT", "during the test's setup", "aborts_in_setup ("],
@@ -286,6 +311,7 @@ ATTACKS = [
         id="abort-in-fixture-setup",
     ),
     pytest.param(
+        "faults",
         "teardown_crash",
         "error",
         ["killed by SIGABRT", "during the test's teardown", "aborts_in_teardown ("],
@@ -293,85 +319,70 @@ ATTACKS = [
         id="abort-in-fixture-teardown",
     ),
     pytest.param(
-        "marked_abort",
-        "failure",
-        ["killed by SIGABRT", METAL_ASSERTION],
-        "after_marked_abort",
-        id="abort-in-a-test-marked-mps",
-    ),
-    pytest.param(
+        "faults",
         "result_then_abort",
         "failure",
-        ["killed by SIGABRT"],
+        ["killed by SIGABRT", METAL_ASSERTION],
         "after_result_then_abort",
         id="abort-after-a-recorded-result",
     ),
 ]
 
 
-@pytest.mark.parametrize(("attack", "outcome", "words", "after"), ATTACKS)
+@pytest.mark.parametrize(("which", "attack", "outcome", "words", "after"), ATTACKS)
 def test_a_crash_fails_its_test_naming_the_signal_and_the_session_goes_on(
-    session: Session, attack: str, outcome: str, words: list[str], after: str
+    request: pytest.FixtureRequest, which: str, attack: str, outcome: str, words: list[str], after: str | None
 ) -> None:
+    session: Session = request.getfixturevalue(which)
     got, text = session.outcomes[attack]
     assert got == outcome, (attack, session.outcomes[attack], session.out[-3000:])
     for word in words:
         assert word in text, (word, text)
     assert "the session goes on: the next test that uses the device runs in a fresh process" in text
-    assert session.outcomes[after] == ("passed", ""), session.outcomes[after]
-    # The crashed test ran in a worker, never here; the next one in a fresh worker.
     crashed = re.search(r"\(pid (\d+), ", text)
     assert crashed is not None, text
     assert session.pids.get(attack, int(crashed[1])) == int(crashed[1])  # it ran in the worker named
-    assert session.pids[after] not in (int(crashed[1]), os.getpid())  # the next one in a fresh worker
+    if after is not None:
+        assert session.outcomes[after] == ("passed", ""), session.outcomes[after]
+        assert session.pids[after] not in (int(crashed[1]), os.getpid())  # the next one in a fresh worker
     if attack == "teardown_crash":  # its call passed before the fixture's teardown aborted
         assert f"PASSED test_project.py::test_{attack}" in session.done.stdout
 
 
-def test_noise_on_stdout_and_fd_1_leaves_the_worker_answering(session: Session) -> None:
-    assert session.outcomes["noise"] == ("passed", "")
-    assert session.outcomes["after_noise"] == ("passed", "")
-    assert session.pids["noise"] == session.pids["after_noise"]  # the same warm worker served both
-    assert "{not json, on sys.stdout" in session.done.stdout  # captured into the test's report
+def test_the_sessions_end_with_every_test_accounted_for(metal: Session, faults: Session) -> None:
+    for session, counts in ((metal, "2 failed, 3 passed"), (faults, "4 failed, 10 passed, 2 errors")):
+        assert session.done.returncode == 1, session.out[-3000:]
+        assert "INTERNALERROR" not in session.out
+        assert f"{counts} in " in session.done.stdout, session.done.stdout[-2000:]
+    # Tests that do not use the device ran here; healthy device tests in a row share a warm worker.
+    assert metal.pids["plain_here"] != metal.pids["first"]
+    assert metal.pids["first"] == metal.pids["abort"]
+    assert faults.pids["first"] == faults.pids["segfault"]
 
 
-def test_the_session_ends_with_every_test_accounted_for(session: Session) -> None:
-    out = session.done.stdout
-    assert session.done.returncode == 1, session.out[-3000:]
-    assert "INTERNALERROR" not in session.out
-    assert "6 failed, 13 passed, 2 errors" in out, out[-2000:]
-    # Tests that do not use the device ran here; healthy device tests in order share warm workers.
-    assert session.pids["plain_here"] != session.pids["first"]
-    assert session.pids["first"] == session.pids["abort"]
-    assert session.pids["after_teardown_crash"] != session.pids["teardown_crash"]
+def test_noise_on_stdout_and_fd_1_leaves_the_worker_answering(faults: Session) -> None:
+    assert faults.outcomes["noise"] == ("passed", "")
+    assert faults.outcomes["after_noise"] == ("passed", "")
+    assert faults.pids["noise"] == faults.pids["after_noise"]  # the same warm worker served both
+    assert "{not json, on sys.stdout" in faults.done.stdout  # captured into the test's report
 
 
-def test_results_recorded_in_workers_reach_the_table_and_the_report(session: Session) -> None:
+def test_results_recorded_in_workers_reach_the_table_and_the_report(faults: Session) -> None:
     """Results travel in the reports; one recorded just before a crash is kept with the crash."""
-    out = session.done.stdout
+    out = faults.done.stdout
     section = re.search(r"=+ pytest-mps =+", out)
     assert section is not None, out[-3000:]
     table = out[section.start() :]
     assert "tiny-x" in table and "cpu_parity" in table and "batch" in table
-    report = json.loads((session.folder / "report.json").read_text())
+    report = json.loads((faults.folder / "report.json").read_text())
     checks = {(c["nodeid"].rsplit("::", 1)[-1], c["check"]) for c in report["checks"]}
-    assert ("test_result_then_abort", "cpu_parity") in checks
-    assert ("test_after_result_then_abort", "batch") in checks
+    assert checks == {("test_result_then_abort", "cpu_parity"), ("test_after_result_then_abort", "batch")}
 
 
-def test_the_workers_leave_the_parents_last_failed_cache_alone(session: Session) -> None:
-    lastfailed = json.loads((session.folder / ".pytest_cache" / "v" / "cache" / "lastfailed").read_text())
+def test_the_workers_leave_the_parents_last_failed_cache_alone(faults: Session) -> None:
+    lastfailed = json.loads((faults.folder / ".pytest_cache" / "v" / "cache" / "lastfailed").read_text())
     assert sorted(name.rsplit("::test_", 1)[-1] for name in lastfailed) == sorted(
-        [
-            "abort",
-            "segfault",
-            "exit",
-            "killed",
-            "setup_crash",
-            "teardown_crash",
-            "marked_abort",
-            "result_then_abort",
-        ]
+        ["segfault", "exit", "killed", "setup_crash", "teardown_crash", "result_then_abort"]
     )
 
 
