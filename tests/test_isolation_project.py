@@ -11,6 +11,8 @@ from types import SimpleNamespace
 
 import pytest
 
+from pytest_mps.isolation.death import Death
+from pytest_mps.isolation.session_client import RunOutcome, crash_lines
 from pytest_mps.plugin.isolation import isolates
 from pytest_mps.reports.model import comparable
 
@@ -278,3 +280,41 @@ def test_which_tests_are_isolated() -> None:
     assert not isolates(_item(("tmp_path", "mps_target")))
     # The bundled suite's tests have workers of their own (one per pipeline): never isolated twice.
     assert not isolates(_item(("mps_suite", "mps_suite_pipeline", "mps_device"), marker=True))
+
+
+@pytest.mark.parametrize(
+    ("phases", "unfinished"),
+    [
+        ({}, "setup"),
+        ({"setup": "passed"}, "call"),
+        ({"setup": "failed"}, "teardown"),
+        ({"setup": "skipped"}, "teardown"),
+        ({"setup": "passed", "call": "failed"}, "teardown"),
+        ({"setup": "passed", "call": "passed", "teardown": "passed"}, None),
+    ],
+)
+def test_a_dead_workers_test_is_blamed_on_the_phase_it_was_in(phases: dict, unfinished: str | None) -> None:
+    assert RunOutcome(phases=phases).unfinished_phase() == unfinished
+
+
+def test_crash_lines_name_the_signal_the_phase_and_the_quote() -> None:
+    stderr = "noise\n.../MPSNDArray.mm:829: failed assertion `total bytes of NDArray > 2**32'\n"
+    death = Death("crash", "t.py::test_x", -6, "SIGABRT", 1.25, None, 4242, stderr)
+    assert crash_lines(death, when="call") == [
+        "CRASH: the test process was killed by SIGABRT (signal 6): an abort (how a failed Metal/MPS "
+        "assertion ends a process)",
+        "it happened during the test's call (pid 4242, 1.2s in)",
+        "stderr says: .../MPSNDArray.mm:829: failed assertion `total bytes of NDArray > 2**32'",
+        "the session goes on: the next test that uses the device runs in a fresh process",
+    ]
+    hang = Death("hang", "t.py::test_x", -9, "SIGKILL", 5.1, 5.0, 4242, "")
+    assert crash_lines(hang, when="setup")[:2] == [
+        "HANG: the test did not finish within 5s (--mps-timeout); its process was killed",
+        "it happened during the test's setup (pid 4242, 5.1s in)",
+    ]
+    starting = Death("exit", "starting", 4, None, 0.5, None, 4242, "ERROR: usage\n")
+    assert crash_lines(starting, when="setup")[:3] == [
+        "CRASH: the test process exited with status 4 without finishing the test",
+        "it happened while it started (collecting the session), before running the test (pid 4242, 0.5s in)",
+        "stderr says: ERROR: usage",
+    ]

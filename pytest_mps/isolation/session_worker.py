@@ -47,8 +47,26 @@ __all__ = ["SPEC_VARIABLE", "WORKER_PLUGIN", "main"]
 
 #: The environment variable that carries the worker's start-up spec (JSON) from the parent.
 SPEC_VARIABLE = "PYTEST_MPS_ISOLATED_SPEC"
-#: The name the serving plugin is registered under (how pytest-mps knows it runs in such a worker).
+#: The name the serving plugin is registered under: ``config.pluginmanager.has_plugin(WORKER_PLUGIN)``
+#: tells a conftest file that it runs in such a worker.
 WORKER_PLUGIN = "pytest-mps-isolated-worker"
+#: Options set here whatever the parent's arguments say (those a plugin does not add are left alone).
+_OVERRIDES: dict[str, Any] = {
+    "mps_isolate": False,  # no isolation inside isolation
+    "usepdb": False,  # stdin carries the protocol: no debugger
+    "trace": False,
+    "maxfail": 0,  # the parent decides when the session stops
+    "cacheclear": False,  # it would empty the cache folder the parent uses
+    "dist": "no",  # pytest-xdist
+    "numprocesses": None,
+    "maxprocesses": None,
+    "looponfail": False,
+    "setupshow": False,  # it writes to the terminal
+    "xmlpath": None,  # report files are the parent's: JUnit XML, pytest-html, pytest-reportlog,
+    "htmlpath": None,  # pytest-json-report
+    "report_log": None,
+    "json_report": False,
+}
 #: pytest plugins whose work is the parent's: cache entries written at the end of a session, and the
 #: terminal (no one reads it here; its end-of-run summary hooks would cost seconds for nothing).
 _BLOCKED = ("lfplugin", "nfplugin", "stepwiseplugin", "terminalreporter")
@@ -79,20 +97,7 @@ class ServePlugin:
     def pytest_cmdline_main(self, config: pytest.Config) -> None:
         """Turn off what must happen once, in the parent (see the module docstring)."""
         option = config.option
-        overrides: dict[str, Any] = {
-            "mps_isolate": False,
-            "usepdb": False,
-            "trace": False,
-            "maxfail": 0,
-            "xmlpath": None,
-            "cacheclear": False,
-            "dist": "no",
-            "numprocesses": None,
-            "maxprocesses": None,
-            "looponfail": False,
-            "setupshow": False,  # it writes to the terminal
-            "basetemp": self.spec.get("basetemp"),
-        }
+        overrides = {**_OVERRIDES, "basetemp": self.spec.get("basetemp")}
         for name, value in overrides.items():
             if hasattr(option, name):
                 setattr(option, name, value)
