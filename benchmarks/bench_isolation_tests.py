@@ -140,8 +140,8 @@ def main(argv: list[str] | None = None) -> int:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
     extra = isolated - inproc
     print(
-        f"ratio isolated / in-process: {isolated / inproc:.2f}  (+{extra:.2f} s per session, "
-        f"+{extra / max(1, args.tests):.3f} s per device test)"
+        f"ratio isolated / in-process: {isolated / inproc:.2f}  (+{extra:.2f} s per session: "
+        f"{extra / max(1, args.tests):.3f} s per device test, amortised over {args.tests})"
     )
     if args.json:
         figures: dict[str, Any] = {
