@@ -289,8 +289,9 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "isolate",
-        "run the bundled suite's checks in worker processes, so a crash or hang fails one check "
-        "(default in pytest-mps check)",
+        "run each test that uses the device (mps_pipeline, mps_device, mps_device_lock or the mps marker) "
+        "in a worker process, and the bundled suite's checks in one per pipeline, so a crash or hang "
+        "fails that test, not the session (default in pytest-mps check)",
         kind="flag",
         default=False,
         cli="--isolate",
@@ -307,7 +308,8 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "timeout",
-        "with --mps-isolate: a check running longer is killed as hung (seconds; 0: no limit; default 600)",
+        "with --mps-isolate: a device test (setup to teardown) or a suite check running longer is killed "
+        "as hung (seconds; 0: no limit; default 600)",
         type=finite_seconds,
         default=600.0,
         cli="--timeout",

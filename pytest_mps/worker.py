@@ -34,7 +34,25 @@ import traceback
 from collections.abc import Sequence
 from typing import IO, Any
 
-__all__ = ["main"]
+__all__ = ["main", "send", "start_worker_side"]
+
+#: The variable that tells a worker its parent's pid (see :mod:`pytest_mps.isolation.worker_process`).
+PARENT_VARIABLE = "PYTEST_MPS_PARENT_PID"
+
+
+def start_worker_side() -> IO[str]:
+    """What every worker process does first (this one and a project's test worker,
+    :mod:`pytest_mps.isolation.session_worker`): leave as soon as the parent is gone, keep the real
+    stdout as the protocol channel (returned) with file descriptor 1 pointed at stderr, and turn
+    faulthandler on (``SIGUSR1`` dumps every thread's stack)."""
+    parent = os.environ.get(PARENT_VARIABLE, "")
+    if parent.isdigit():
+        _leave_with_parent(int(parent))
+    channel = _protocol_channel()
+    faulthandler.enable(all_threads=True)
+    if hasattr(signal, "SIGUSR1"):
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
+    return channel
 
 
 def _protocol_channel() -> IO[str]:
@@ -45,7 +63,8 @@ def _protocol_channel() -> IO[str]:
     return os.fdopen(fd, "w", buffering=1, encoding="utf-8")
 
 
-def _send(channel: IO[str], message: dict[str, Any]) -> None:
+def send(channel: IO[str], message: dict[str, Any]) -> None:
+    """Write one protocol message (a JSON object on one line, :func:`pytest_mps.jsonable.plain_json`)."""
     from pytest_mps.jsonable import plain_json
 
     channel.write(json.dumps(plain_json(message)) + "\n")
@@ -111,17 +130,11 @@ def _leave_with_parent(parent: int, interval: float = 0.5) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Serve requests from stdin until ``exit`` or end of input."""
     args = list(sys.argv[1:] if argv is None else argv)
-    parent = os.environ.get("PYTEST_MPS_PARENT_PID", "")
-    if parent.isdigit():
-        _leave_with_parent(int(parent))
-    channel = _protocol_channel()
-    faulthandler.enable(all_threads=True)
-    if hasattr(signal, "SIGUSR1"):
-        faulthandler.register(signal.SIGUSR1, all_threads=True)
+    channel = start_worker_side()
     start = time.perf_counter()
     if "--preload" in args:
         _preload()
-    _send(channel, {"event": "ready", "pid": os.getpid(), "seconds": time.perf_counter() - start})
+    send(channel, {"event": "ready", "pid": os.getpid(), "seconds": time.perf_counter() - start})
     state: dict[str, Any] = {}
     for line in sys.stdin:
         if not line.strip():
@@ -129,12 +142,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             request = json.loads(line)
             if request.get("op") == "exit":
-                _send(channel, {"event": "bye"})
+                send(channel, {"event": "bye"})
                 break
             answer = _serve(request, state)
         except Exception:
             answer = {"error": traceback.format_exc()}
-        _send(channel, answer)
+        send(channel, answer)
     return 0
 
 

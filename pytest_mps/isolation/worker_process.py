@@ -13,166 +13,24 @@ import contextlib
 import json
 import os
 import queue
-import re
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
+
+from pytest_mps.isolation.death import Death, crash_quote, python_frames
+from pytest_mps.worker import PARENT_VARIABLE
 
 __all__ = ["Death", "Worker", "WorkerPool", "crash_quote", "python_frames"]
 
 #: How long a fresh worker may take to import torch and diffusers before it counts as dead.
 STARTUP_TIMEOUT_S = 300.0
-#: The variable that tells a worker its parent's pid (it exits when that process is gone).
-PARENT_VARIABLE = "PYTEST_MPS_PARENT_PID"
 #: The most stderr kept per worker (the most recent bytes are kept).
 STDERR_LIMIT = 8 * 2**20
-
-_SIGNAL_MEANING = {
-    "SIGABRT": "an abort (how a failed Metal/MPS assertion ends a process)",
-    "SIGSEGV": "a segmentation fault (an invalid memory access in native code)",
-    "SIGBUS": "a bus error (an invalid memory access in native code)",
-    "SIGILL": "an illegal instruction",
-    "SIGFPE": "a floating-point exception",
-    "SIGKILL": "killed from outside (the system's out-of-memory killer, or a user)",
-    "SIGTERM": "terminated from outside",
-}
-
-
-# --- reading a dead worker's stderr --------------------------------------------------------------
-
-_QUOTE_PATTERNS = (
-    re.compile(r"failed assertion", re.IGNORECASE),  # Metal: "...: failed assertion `... > 2**32'"
-    re.compile(r"Assertion .* failed"),  # C assert()
-    re.compile(r"what\(\):|terminating due to uncaught exception|terminate called"),  # C++
-    re.compile(r"^Fatal Python error"),  # faulthandler
-)
-_FRAME = re.compile(r'^\s+File "(?P<file>[^"]+)", line (?P<line>\d+) in (?P<func>\S+)')
-
-
-def crash_quote(stderr: str) -> str | None:
-    """The line of a crashed process's stderr that says why it died: a Metal failed assertion, a C
-    assertion, a C++ exception or faulthandler's ``Fatal Python error``, in that order of preference
-    (the last such line); None when there is none."""
-    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
-    for pattern in _QUOTE_PATTERNS:
-        found = [line for line in lines if pattern.search(line)]
-        if found:
-            return found[-1][:500]
-    return None
-
-
-def python_frames(stderr: str, limit: int = 3) -> list[str]:
-    """The innermost Python frames of the thread faulthandler dumped as the current one (or the first
-    dumped), as ``func (file:line)``, innermost first."""
-    lines = stderr.splitlines()
-    starts = [i for i, line in enumerate(lines) if line.startswith("Current thread ")]
-    starts = starts or [i for i, line in enumerate(lines) if line.startswith("Thread ")]
-    if not starts:
-        return []
-    frames = []
-    for line in lines[starts[-1] + 1 :]:
-        match = _FRAME.match(line)
-        if not match:
-            break
-        frames.append(f"{match['func']} ({_short(match['file'])}:{match['line']})")
-    return frames[:limit]
-
-
-def _short(path: str) -> str:
-    parts = Path(path).parts
-    for anchor in ("site-packages", "pytest_mps", "diffusers", "torch"):
-        if anchor in parts:
-            return "/".join(parts[parts.index(anchor) + (anchor == "site-packages") :])
-    return path
-
-
-def _last_line(stderr: str) -> str | None:
-    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
-    return lines[-1][:500] if lines else None
-
-
-@dataclass(frozen=True)
-class Death:
-    """How a worker stopped answering a request.
-
-    Attributes:
-        kind: ``crash`` (killed by a signal), ``exit`` (left with a status), ``hang`` (no answer in
-            time: it was killed) or ``protocol`` (it answered something that is not JSON).
-        doing: the request it was serving (``load``, a check name, or ``starting``).
-        returncode: the process's exit status (negative: the signal number).
-        signal: the signal's name, for crashes and hangs.
-        seconds: how long the request had run.
-        timeout: the limit that a hang exceeded.
-        pid: the worker's process id.
-        stderr: everything the worker wrote to stderr (the last 8 MiB).
-    """
-
-    kind: str
-    doing: str
-    returncode: int | None
-    signal: str | None
-    seconds: float
-    timeout: float | None
-    pid: int
-    stderr: str
-
-    @property
-    def quote(self) -> str | None:
-        """The line of stderr that says why (see :func:`crash_quote`)."""
-        if self.kind == "hang":
-            return None
-        return crash_quote(self.stderr) or (_last_line(self.stderr) if self.kind == "exit" else None)
-
-    def cell(self) -> str:
-        """A few words for the verdict table: ``CRASH SIGABRT``, ``HANG >600s``..."""
-        if self.kind == "crash":
-            return f"CRASH {self.signal}"
-        if self.kind == "hang":
-            return f"HANG >{self.timeout:g}s"
-        if self.kind == "exit":
-            return f"EXIT {self.returncode}"
-        return "CRASH"
-
-    def lines(self) -> list[str]:
-        """The failure, in lines: what happened, the quoted assertion, the Python frames."""
-        if self.kind == "crash":
-            meaning = _SIGNAL_MEANING.get(self.signal or "", "a fatal signal")
-            number = -(self.returncode or 0)
-            head = (
-                f"the worker process running {self.doing} was killed by {self.signal} (signal {number}): "
-                f"{meaning}"
-            )
-        elif self.kind == "hang":
-            head = (
-                f"{self.doing} did not finish within {self.timeout:g}s (--mps-timeout): the worker (pid "
-                f"{self.pid}) was killed as hung"
-            )
-        elif self.kind == "exit":
-            head = (
-                f"the worker process running {self.doing} exited with status {self.returncode} "
-                "without answering"
-            )
-        else:
-            head = (
-                f"the worker process running {self.doing} answered something that is not JSON; it was stopped"
-            )
-        lines = [head]
-        if self.quote:
-            lines.append(f"stderr says: {self.quote}")
-        frames = python_frames(self.stderr)
-        if frames:
-            where = "where it hung" if self.kind == "hang" else "last Python frames"
-            lines.append(f"{where}: {' < '.join(frames)}")
-        return lines
-
-
-# --- one worker ----------------------------------------------------------------------------------
 
 
 class _StderrBuffer:
@@ -230,6 +88,10 @@ class Worker:
         preload: import torch and diffusers at start-up, before the first request.
         startup_timeout: seconds the worker may take to get ready.
         env: extra environment variables for the worker.
+        module: the worker's module (``python -m MODULE``): :mod:`pytest_mps.worker` for the bundled
+            suite's checks, :mod:`pytest_mps.isolation.session_worker` for a project's tests.
+        cwd: the worker's working folder (default: this process's).
+        echo: also copy the worker's stderr to this process's stderr as it arrives (``-s``).
     """
 
     def __init__(
@@ -238,9 +100,13 @@ class Worker:
         preload: bool = True,
         startup_timeout: float = STARTUP_TIMEOUT_S,
         env: Mapping[str, str] | None = None,
+        module: str = "pytest_mps.worker",
+        cwd: str | os.PathLike[str] | None = None,
+        echo: bool = False,
     ) -> None:
-        command = [sys.executable, "-m", "pytest_mps.worker", *(["--preload"] if preload else [])]
+        command: Sequence[str] = [sys.executable, "-m", module, *(["--preload"] if preload else [])]
         self.startup_timeout = startup_timeout
+        self._echo = echo
         self.started = time.perf_counter()
         self._proc = subprocess.Popen(
             command,
@@ -248,6 +114,7 @@ class Worker:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             env=_child_environment(env),
+            cwd=cwd,
         )
         self.pid = self._proc.pid
         self._answers: queue.Queue[bytes | None] = queue.Queue()
@@ -261,6 +128,7 @@ class Worker:
             thread.start()
         self.ready: dict[str, Any] | None = None
         self.death: Death | None = None
+        self._leaving = False
 
     # -- plumbing ---------------------------------------------------------------------------------
     def _read_answers(self, stream: IO[bytes]) -> None:
@@ -278,6 +146,9 @@ class Worker:
             if not chunk:
                 break
             self._stderr.append(chunk)
+            if self._echo:
+                with contextlib.suppress(OSError):
+                    os.write(2, chunk)
 
     @property
     def alive(self) -> bool:
@@ -310,19 +181,40 @@ class Worker:
             assert self.death is not None
             return self.death
         start = time.perf_counter()
+        death = self.send(payload, doing=doing)
+        if death is not None:
+            return death
+        return self.receive(timeout=timeout, doing=doing, start=start)
+
+    def send(self, payload: Mapping[str, Any], *, doing: str) -> Death | None:
+        """Send ``payload`` once the worker is ready, without waiting for an answer (read them with
+        :meth:`receive`); the worker's :class:`Death` when it cannot take it."""
+        if not self.wait_ready():
+            assert self.death is not None
+            return self.death
+        start = time.perf_counter()
         try:
             assert self._proc.stdin is not None
             self._proc.stdin.write(json.dumps(dict(payload)).encode("utf-8") + b"\n")
             self._proc.stdin.flush()
         except (BrokenPipeError, OSError):
             return self._died(doing, start)
-        return self._next(timeout, doing, start)
+        return None
 
-    def _next(self, timeout: float | None, doing: str, start: float) -> dict[str, Any] | Death:
+    def receive(self, *, timeout: float | None, doing: str, start: float) -> dict[str, Any] | Death:
+        """The worker's next message, waiting until ``timeout`` seconds after ``start`` (a
+        ``time.perf_counter()`` value; None: forever); a :class:`Death` when it died, or hung past
+        the limit (it is then killed)."""
+        wait = None if timeout is None else max(0.0, start + timeout - time.perf_counter())
+        return self._next(wait, doing, start, limit=timeout)
+
+    def _next(
+        self, wait: float | None, doing: str, start: float, *, limit: float | None = None
+    ) -> dict[str, Any] | Death:
         try:
-            line = self._answers.get(timeout=timeout)
+            line = self._answers.get(timeout=wait)
         except queue.Empty:
-            return self._hung(doing, start, timeout)
+            return self._hung(doing, start, wait if limit is None else limit)
         if line is None:
             return self._died(doing, start)
         try:
@@ -384,16 +276,24 @@ class Worker:
         self._settle()
         return self._record(kind, doing, start, timeout, self._proc.returncode)
 
-    def close(self, *, graceful: bool = True) -> None:
-        """End the worker: ask it to exit (if ``graceful`` and it is ready), else kill it."""
+    def ask_to_exit(self) -> None:
+        """Ask a ready worker to finish and exit, without waiting for it (:meth:`close` waits)."""
+        if self._proc.poll() is None and self.ready is not None and self.death is None and not self._leaving:
+            self._leaving = True
+            with contextlib.suppress(BrokenPipeError, OSError, AssertionError):
+                assert self._proc.stdin is not None
+                self._proc.stdin.write(b'{"op": "exit"}\n')
+                self._proc.stdin.flush()
+
+    def close(self, *, graceful: bool = True, wait: float = 10.0) -> None:
+        """End the worker: ask it to exit and wait up to ``wait`` seconds (if ``graceful`` and it is
+        ready), else (or then) kill it."""
         if self._proc.poll() is None:
-            if graceful and self.ready is not None and self.death is None:
-                with contextlib.suppress(BrokenPipeError, OSError, AssertionError):
-                    assert self._proc.stdin is not None
-                    self._proc.stdin.write(b'{"op": "exit"}\n')
-                    self._proc.stdin.flush()
+            if graceful:
+                self.ask_to_exit()
+            if self._leaving:
                 with contextlib.suppress(subprocess.TimeoutExpired):
-                    self._proc.wait(timeout=10)
+                    self._proc.wait(timeout=wait)
             if self._proc.poll() is None:
                 self._proc.kill()
         self._settle()

@@ -8,6 +8,7 @@
 - :mod:`~pytest_mps.plugin.suite`: the bundled suite (``pytest-mps check``);
 - :mod:`~pytest_mps.plugin.references`, :mod:`~pytest_mps.plugin.reports`: stored references and reports;
 - :mod:`~pytest_mps.plugin.xdist`: pytest-xdist (only when it is installed);
+- :mod:`~pytest_mps.plugin.isolation`: crash isolation of a project's device tests (``--mps-isolate``);
 - :mod:`~pytest_mps.plugin.terminal`: the header and the end-of-run tables;
 - :mod:`~pytest_mps.plugin.hookspecs`: pytest-mps's own hooks.
 
@@ -33,6 +34,7 @@ pytest_plugins = [
     "pytest_mps.plugin.suite",
     "pytest_mps.plugin.references",
     "pytest_mps.plugin.xdist",
+    "pytest_mps.plugin.isolation",
 ]
 
 

@@ -241,11 +241,11 @@ def finish(config: pytest.Config, session: pytest.Session, exitstatus: int) -> N
     if is_worker(config):
         send_to_controller(config)
         return
-    from pytest_mps.plugin.suite import worker_reference_stats
+    from pytest_mps.plugin import isolation, suite
 
     setup = reference_setup(config)
     hooks = xdist_hooks(config)
-    setup.worker_stats = worker_reference_stats(config)
+    setup.worker_stats = suite.worker_reference_stats(config) + isolation.worker_reference_stats(config)
     if hooks is not None:
         setup.worker_stats += [o["references"] for o in hooks.worker_outputs if o.get("references")]
     if setup.mode == "folder" and setup.folder is not None:
