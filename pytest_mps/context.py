@@ -35,6 +35,8 @@ class CheckContext:
         nodeid: the running test.
         cross_check: re-run a failing check on the CPU to tell MPS problems from the pipeline's own.
         localize: after a failing parity check, say where the divergence starts.
+        on_start: called with the check's id and the pipeline as a check starts (crash isolation names
+            the check a dead worker was running).
     """
 
     target: Target
@@ -45,6 +47,7 @@ class CheckContext:
     nodeid: str | None = None
     cross_check: bool = True
     localize: bool = True
+    on_start: Callable[[str, Any], None] | None = None
 
 
 class _Lazy:

@@ -318,3 +318,31 @@ def test_crash_lines_name_the_signal_the_phase_and_the_quote() -> None:
         "it happened while it started (collecting the session), before running the test (pid 4242, 0.5s in)",
         "stderr says: ERROR: usage",
     ]
+
+
+def test_a_check_that_crashes_its_worker_is_a_crashed_result_in_the_table_and_reports(
+    pytester: pytest.Pytester,
+) -> None:
+    """The worker says which check starts: when it dies in it, that check (and its pipeline) is a
+    ``crashed`` result, so the session table and the JSON report list it like any failed check."""
+    pytester.makepyfile(
+        test_crash=f"""
+        import os
+        from pytest_mps import assert_cpu_parity
+
+        def test_parity_aborts(mps_pipeline):
+            pipe = mps_pipeline({str(FIXTURES / "tiny-ddpm")!r})
+            pipe.unet.register_forward_hook(lambda *args: os.abort())
+            assert_cpu_parity(pipe)
+        """
+    )
+    result = pytester.runpytest_subprocess(
+        "--mps-device", "cpu", "--mps-isolate", "--mps-report-json", "r.json", timeout=300
+    )
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        ["tiny-ddpm (DDPMPipeline)  cpu_parity  crashed *", "  tiny-ddpm: fails: cpu_parity"]
+    )
+    (check,) = json.loads((pytester.path / "r.json").read_text())["checks"]
+    assert (check["check"], check["status"], check["pipeline"]) == ("cpu_parity", "crashed", "tiny-ddpm")
+    assert check["details"]["death"]["signal"] == "SIGABRT"

@@ -278,6 +278,8 @@ def run_check(check: str, compute: Compute, pipe: Any, ctx: CheckContext, **opti
     """Run ``compute(pipe, ctx, **options)`` as check ``check``: guarded, cross-checked on the CPU
     when it fails on the target (and the registry says it can be), labelled, and recorded."""
     spec = get(check)
+    if ctx.on_start is not None:
+        ctx.on_start(check, pipe)
     result = _guarded(check, compute, pipe, ctx, options)
     if (
         result.status is Status.FAILED

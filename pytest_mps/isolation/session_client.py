@@ -37,6 +37,8 @@ class RunOutcome:
         references: the worker's reference-store counts so far.
         images: the HTML report's images of the test's results (base64 PNGs).
         seconds: how long the run took, as seen from here.
+        running: the check that started and has not recorded its result yet (its id, pipeline and
+            class), when there is one: the check a dead worker was running.
     """
 
     phases: dict[str, str] = field(default_factory=dict)
@@ -47,6 +49,7 @@ class RunOutcome:
     references: dict[str, Any] | None = None
     images: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+    running: dict[str, Any] | None = None
 
     def unfinished_phase(self) -> str | None:
         """The phase a worker that died was in: ``setup`` before any report, ``call`` after a passed
@@ -143,6 +146,10 @@ class SessionWorker:
                 outcome.properties = list(data.get("user_properties") or outcome.properties)
             elif event == "properties":
                 outcome.properties = list(got.get("data") or [])
+                outcome.running = None  # the check that ran recorded its result
+            elif event == "started":
+                outcome.running = {k: got.get(k) for k in ("check", "pipeline", "pipeline_class")}
+                continue
             if event in ("report", "warning", "properties"):
                 on_message(got)
                 continue

@@ -203,6 +203,20 @@ class ServePlugin:
             }
         )
 
+    def pytest_mps_check_started(
+        self, config: Any, item: Any, check: str, pipeline: str, pipeline_class: str
+    ) -> None:
+        """Say which check starts, so that a crash in it becomes that check's ``crashed`` result."""
+        self.send(
+            {
+                "event": "started",
+                "nodeid": item.nodeid,
+                "check": check,
+                "pipeline": pipeline,
+                "pipeline_class": pipeline_class,
+            }
+        )
+
     def pytest_mps_result_recorded(self, config: Any, item: Any, result: Any) -> None:
         """Send the test's properties after each result, so that a crash later in the same test keeps
         the results recorded before it."""

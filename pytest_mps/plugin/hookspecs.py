@@ -10,7 +10,15 @@ import pytest
 if TYPE_CHECKING:
     from pytest_mps.results import CheckResult
 
-__all__ = ["pytest_mps_result_recorded"]
+__all__ = ["pytest_mps_check_started", "pytest_mps_result_recorded"]
+
+
+@pytest.hookspec
+def pytest_mps_check_started(
+    config: pytest.Config, item: pytest.Item, check: str, pipeline: str, pipeline_class: str
+) -> None:
+    """Called as a test's ``check_*``/``assert_*`` call starts a check (its id, and the pipeline's name
+    and class). Crash isolation uses it to say which check a worker died in."""
 
 
 @pytest.hookspec

@@ -193,6 +193,8 @@ class ProjectIsolation:
             (CRASH_PROPERTY, death.cell()),
             (STDERR_PROPERTY, death.stderr[-65536:]),
         ]
+        if outcome.running is not None:  # the check it died in: a crashed (or hung) result of it
+            properties.append(_crashed_result(self.config, item, outcome.running, death, lines))
         self._log_failure(item, when, lines, outcome.stderr or death.stderr, properties)
         if following is not None:
             self._worker()  # the replacement starts now, while this process carries on
@@ -352,3 +354,32 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     state = config.stash.get(_KEY, None)
     if state is not None:
         state.close()
+
+
+def _crashed_result(
+    config: pytest.Config, item: pytest.Item, running: dict[str, Any], death: Any, lines: list[str]
+) -> tuple[str, str]:
+    """The result property of the check a worker died in: ``crashed`` (a signal or an exit) or ``hung``,
+    with the death's facts, so the tables and reports list it like a check that failed."""
+    import json
+
+    from pytest_mps.plugin.session import RESULT_PROPERTY, session_of
+    from pytest_mps.results import CheckResult
+    from pytest_mps.verdict import Status
+
+    target = session_of(config).target
+    cell = death.cell()
+    result = CheckResult(
+        check=str(running.get("check")),
+        status=Status.HUNG if death.kind == "hang" else Status.CRASHED,
+        target=target.label,
+        real_mps=target.is_real_mps,
+        pipeline=str(running.get("pipeline") or ""),
+        pipeline_class=str(running.get("pipeline_class") or ""),
+        summary=lines[0],
+        figure_text=cell.split(" ", 1)[1] if " " in cell else "",
+        failures=lines[1:],
+        details={"death": {"kind": death.kind, "signal": death.signal, "quote": death.quote, "cell": cell}},
+        nodeid=item.nodeid,
+    )
+    return (RESULT_PROPERTY, json.dumps(result.to_dict()))

@@ -93,6 +93,7 @@ def context_for(item: pytest.Item) -> CheckContext:
         record=lambda result: session.record(item, result),
         nodeid=item.nodeid,
         localize=session.settings.localize,
+        on_start=lambda check, pipe: session.check_started(item, check, pipe),
     )
 
 

@@ -127,6 +127,18 @@ class MPSSession:
             emulation, self._emulation = self._emulation, None
             emulation.__exit__(None, None, None)
 
+    def check_started(self, item: pytest.Item, check: str, pipe: Any) -> None:
+        """Announce that a check starts (``pytest_mps_check_started``)."""
+        from pytest_mps.identity import pipeline_label
+
+        self.config.hook.pytest_mps_check_started(
+            config=self.config,
+            item=item,
+            check=check,
+            pipeline=pipeline_label(pipe),
+            pipeline_class=type(pipe).__name__,
+        )
+
     def note_library_warning(self, caught: dict[str, Any]) -> None:
         """Keep a warning a library raised during a check, for one line at the end of the run."""
         from pathlib import Path
