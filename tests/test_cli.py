@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -83,6 +84,33 @@ def test_the_bundled_pipelines_pass_as_a_standin_precheck(bundled) -> None:
         assert "FAIL" not in row and "CRASH" not in row
         assert row.endswith(("pre-check passed (emulated)", "pre-check passed (cpu stand-in)"))
     assert "earns the MPS badge" not in out
+
+
+def _cells(line: str) -> list[str]:
+    """A table row's cells, with the figures that vary from run to run masked: load seconds, speed, and
+    differences below 1e-4 (their last digits follow the number of threads)."""
+    cells = re.split(r"\s{2,}", line.strip())
+    cells = [re.sub(r"^(ok|info) \d+\.\d+(s|x)$", r"\1 <\2>", cell) for cell in cells]
+    return [re.sub(r"\d\.\d+e-0[5-9]", "<1e-4", cell) for cell in cells]
+
+
+def test_the_readme_shows_what_the_bundled_run_prints(bundled) -> None:
+    """The README's example output of its main command matches a real run of it (the header lines, the
+    table's columns and cells, the verdicts), but for the load seconds and speed ratios."""
+    from conftest import REPO
+
+    readme = (REPO / "README.md").read_text()
+    block = re.search(r"```\n(mps: .*?)```", readme, re.S)
+    assert block, "the README lost the example output of pytest-mps check"
+    shown = [line for line in block.group(1).splitlines() if line.strip() and line != "..."]
+    out = bundled[0].stdout.splitlines()
+    assert [line.split(" | ")[0] for line in shown[:3]] == [line.split(" | ")[0] for line in out[:3]]
+    assert shown[1:3] == out[1:3]  # the plan lines
+    table = table_of(bundled[0].stdout)[1:]
+    table = table[: next(i for i, line in enumerate(table) if line.startswith("speed is information")) + 1]
+    run_rows = [_cells(line) for line in table if line.strip() and not line.startswith("---")]
+    readme_rows = [_cells(line) for line in shown[3:] if not line.startswith("---")]
+    assert readme_rows == run_rows
 
 
 def test_the_run_shows_progress_and_says_it_is_a_standin(bundled) -> None:
