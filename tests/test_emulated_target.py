@@ -195,7 +195,9 @@ def test_readme_first_test_runs_on_the_emulated_target(pytester: pytest.Pytester
     readme = (REPO / "README.md").read_text()
     code = re.search(r"```python\n(# tests/test_my_pipeline_mps.py.*?)```", readme, re.S)
     assert code, "the README lost its first-test example"
-    source = code.group(1).replace('"fixtures/tiny-sd"', repr(str(FIXTURES / "tiny-sd")))
+    source = code.group(1).replace(
+        'Path(__file__).parent.parent / "fixtures" / "tiny-sd"', repr(str(FIXTURES / "tiny-sd"))
+    )
     pytester.makepyfile(test_my_pipeline_mps=source)
     # Its first test is enough (test_readme.py runs both on the cpu target): loading and parity on the
     # emulated device are what the newest torch broke.

@@ -248,11 +248,15 @@ def cross_check(
         result.failures.insert(0, f"fails on the CPU too ({on_cpu.summary}): not an MPS problem")
 
 
+#: The least time the localisation of a failure may take (seconds), however fast the check was.
+LOCALIZE_MIN_SECONDS = 2.0
+
+
 def localize_failure(
     check: str, pipe: Any, ctx: CheckContext, options: dict[str, Any], result: CheckResult
 ) -> None:
     """Say where a divergence on the target starts (:func:`pytest_mps.localize`), within about twice the
-    failing check's own time: the headline and the ranked modules go into the failure report and the
+    failing check's own time (at least :data:`LOCALIZE_MIN_SECONDS`): the headline and the ranked modules go into the failure report and the
     reports (``details["localization"]``)."""
     from pytest_mps.input_spec import call_inputs
     from pytest_mps.localization import localize
@@ -265,7 +269,9 @@ def localize_failure(
             target=ctx.target,
             tolerance=options.get("tolerance"),
             slice_size=options.get("slice_size", 1),
-            time_budget=2 * sum(result.timings.values()),
+            # About twice the check's own time (3x in all), but never under 2 s: a tiny pipeline's
+            # check takes a tenth of that, and a busy machine would cut the search short.
+            time_budget=max(2 * sum(result.timings.values()), LOCALIZE_MIN_SECONDS),
         )
     except Exception as exc:  # localisation is help for a failure, never a failure of its own
         result.details["localization_error"] = f"{type(exc).__name__}: {first_line(exc)}"

@@ -16,6 +16,7 @@ expanded. Cost stays bounded by ``max_expansions``, ``max_depth`` and an optiona
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -265,7 +266,11 @@ class Search:
                 self._culprit(figure, "", order)
                 return
             modules = _by_module(children)
-            suspects = [(i, c, f) for i, (c, f) in enumerate(modules) if self._suspect(f)]
+            suspects = [
+                (i, c, f)
+                for i, (c, f) in enumerate(modules)
+                if self._suspect(f) and (self._gradual or _explains(f, figure))
+            ]
             if not suspects and self._gradual:
                 best = max(range(len(modules)), key=lambda i: modules[i][1].relative)
                 if modules[best][1].max_abs > 0:
@@ -312,6 +317,18 @@ class Search:
     def _culprit(self, figure: ModuleError, note: str, order: tuple[int, ...]) -> None:
         culprit = replace(figure, introduces=True, note="; ".join(p for p in (figure.note, note) if p))
         self._met.append((order, culprit, [*self._stack[:-1], culprit]))
+
+
+def _explains(child: ModuleError, parent: ModuleError) -> bool:
+    """Whether a submodule's own error can account for its parent's: it draws random numbers, makes
+    NaN/Inf, or its error is at least :data:`NOISE_SHARE` of the parent's. A submodule far below that
+    (TF32 rounding in one convolution of a block whose output is off by much more) leaves the error
+    to the parent's own code."""
+    if child.draws_random or child.nonfinite:
+        return True
+    if not math.isfinite(parent.max_abs):
+        return False
+    return child.max_abs >= NOISE_SHARE * parent.max_abs
 
 
 def _by_module(children: list[tuple[Call, ModuleError]]) -> list[tuple[Call, ModuleError]]:
