@@ -256,8 +256,8 @@ def localize_failure(
     check: str, pipe: Any, ctx: CheckContext, options: dict[str, Any], result: CheckResult
 ) -> None:
     """Say where a divergence on the target starts (:func:`pytest_mps.localize`), within about twice the
-    failing check's own time (at least :data:`LOCALIZE_MIN_SECONDS`): the headline and the ranked modules go into the failure report and the
-    reports (``details["localization"]``)."""
+    failing check's own time (at least :data:`LOCALIZE_MIN_SECONDS`): the headline and the ranked
+    modules go into the failure report and the reports (``details["localization"]``)."""
     from pytest_mps.input_spec import call_inputs
     from pytest_mps.localization import localize
 
