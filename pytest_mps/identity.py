@@ -16,7 +16,7 @@ import weakref
 from pathlib import Path
 from typing import Any
 
-__all__ = ["label_for_source", "name_pipeline", "pipeline_label"]
+__all__ = ["label_for_source", "name_pipeline", "new_naming_scope", "pipeline_label"]
 
 _LABELS: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
 #: label -> (source key, the pipeline holding it now)
@@ -49,8 +49,17 @@ def _source_key(source: Any) -> Any:
         return ("path", str(path.resolve())) if path.exists() else ("name", os.fspath(source))
     if hasattr(source, "components"):
         name = getattr(source, "name_or_path", None)
-        return ("name", name) if isinstance(name, str) and name else ("object", id(source))
+        # A pipeline loaded from a folder is the same source as the folder's path.
+        return _source_key(name) if isinstance(name, str) and name else ("object", id(source))
     return ("callable", getattr(source, "__module__", ""), getattr(source, "__qualname__", repr(source)))
+
+
+def new_naming_scope() -> None:
+    """Start a new naming scope (a pytest session): names taken in an earlier scope no longer push a new
+    pipeline to a ``-2`` suffix, even if the pipeline holding them is still alive (a cache, a traceback).
+    Pipelines named before keep their names until they are named again."""
+    with _LOCK:
+        _HOLDERS.clear()
 
 
 def name_pipeline(pipe: Any, source: Any = None, *, label: str | None = None) -> str:

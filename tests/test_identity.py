@@ -101,3 +101,35 @@ def test_a_project_can_listen_to_results(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest("--mps-device", "cpu")
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["SEEN [[]('test_a', 'cpu_parity', 'passed', 'tiny-ddpm')]"])
+
+
+def test_a_pipeline_loaded_from_a_folder_is_the_same_source_as_the_folder(tmp_path: Path) -> None:
+    folder = tmp_path / "model"
+    folder.mkdir()
+    loaded = _Pipe()
+    loaded.name_or_path = str(tmp_path / "." / "model")  # type: ignore[attr-defined]
+    named_by_path = _Pipe()
+    assert name_pipeline(named_by_path, folder) == "model"
+    assert pipeline_label(loaded) == "model"  # not "model-2": one source, spelt two ways
+
+
+def test_names_are_unique_within_a_session_not_across_sessions(
+    pytester: pytest.Pytester, tmp_path: Path
+) -> None:
+    """A namesake still alive from an earlier session in this process (a cache, a traceback) does not
+    push this session's pipeline to a ``-2`` suffix."""
+    elsewhere = tmp_path / "elsewhere" / "tiny-ddpm"
+    elsewhere.mkdir(parents=True)
+    survivor = _Pipe()
+    assert name_pipeline(survivor, elsewhere) in {"tiny-ddpm", "tiny-ddpm-2"}
+    pytester.makepyfile(
+        f"""
+        from pytest_mps import check_cpu_parity
+
+        def test_a(mps_pipeline):
+            assert check_cpu_parity(mps_pipeline({str(FIXTURES / "tiny-ddpm")!r})).pipeline == "tiny-ddpm"
+        """
+    )
+    result = pytester.runpytest("--mps-device", "cpu")
+    result.assert_outcomes(passed=1)
+    assert survivor is not None

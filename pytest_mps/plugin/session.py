@@ -95,7 +95,11 @@ class MPSSession:
 
     def start(self) -> None:
         """Enter the emulated device when it is the target: emulated tensors must never meet torch's
-        C++ kernels outside it, so it spans the whole session."""
+        C++ kernels outside it, so it spans the whole session. Pipeline names start afresh: a name is
+        unique within one session."""
+        from pytest_mps.identity import new_naming_scope
+
+        new_naming_scope()
         if self._target is not None and self._target.name == "emulated" and self._emulation is None:
             from pytest_mps.emulated_target import start_emulation
 
