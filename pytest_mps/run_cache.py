@@ -110,10 +110,26 @@ def _modules(pipe: Any) -> list[tuple[str, Any]]:
     ]
 
 
+_SCALARS = (bool, int, float, str, type(None))
+_internals: frozenset[str] | None = None
+
+
+def _module_internals() -> frozenset[str]:
+    """The bookkeeping every ``nn.Module`` keeps in its ``__dict__`` (hook tables, flags), except
+    ``training``, which changes the output."""
+    global _internals
+    if _internals is None:
+        import torch
+
+        _internals = frozenset(torch.nn.Module().__dict__) - {"training"}
+    return _internals
+
+
 def _plain(value: Any) -> bool:
-    if value is None or isinstance(value, bool | int | float | str):
+    kind = type(value)
+    if kind in _SCALARS:
         return True
-    return isinstance(value, tuple | list) and len(value) <= 16 and all(_plain(v) for v in value)
+    return kind in (tuple, list) and len(value) <= 16 and all(type(v) in _SCALARS for v in value)
 
 
 def _resolved(cls: type, name: str) -> Any:
@@ -121,53 +137,67 @@ def _resolved(cls: type, name: str) -> Any:
     return next((k.__dict__[name] for k in cls.__mro__ if name in k.__dict__), None)
 
 
-def _attributes(modules: list[tuple[str, Any]]) -> list[Any]:
-    """Every module's plain attributes (numbers, strings, flags) and the identities of the code that
-    runs: the ``forward`` of each module class and the ``__call__`` of each processor class."""
-    out: list[Any] = []
-    classes: dict[type, int] = {}
-    for name, component in modules:
-        for path, sub in component.named_modules():
-            plain = [(k, v) for k, v in sub.__dict__.items() if _plain(v)]
-            if plain:
-                out.append((name, path, plain))
-            classes.setdefault(type(sub), id(_resolved(type(sub), "forward")))
-            processor = sub.__dict__.get("processor")
-            if processor is not None:
-                classes.setdefault(type(processor), id(_resolved(type(processor), "__call__")))
-    out.append(sorted((f"{c.__module__}.{c.__qualname__}", i) for c, i in classes.items()))
-    return out
+def _extras(modules: list[tuple[str, Any]]) -> tuple[list[Any], str]:
+    """What :func:`pytest_mps.keys.session_fingerprint` does not see, in one walk over the modules:
 
-
-def _weights_sample(modules: list[tuple[str, Any]]) -> str:
-    """A digest of :data:`SAMPLES_PER_TENSOR` values of every parameter, read with one transfer per
-    dtype: it changes when weights are edited through ``.data`` (which leaves the version counter
-    alone). "unreadable" for weights that cannot be read (meta tensors, offloaded modules)."""
+    - every module's plain attributes (numbers, strings, flags such as ``use_slicing`` or FreeU's
+      factors) and the identity of the code that runs (the ``forward`` of each module class and the
+      ``__call__`` of each processor class: a patched class);
+    - a digest of :data:`SAMPLES_PER_TENSOR` values of every parameter, read with one transfer per
+      dtype: it changes when weights are edited through ``.data`` (which leaves the version counter
+      alone); "unreadable" for weights that cannot be read (meta tensors, offloaded modules).
+    """
     import torch
 
     from pytest_mps.devices import plain_cpu
 
+    internals = _module_internals()
+    attributes: list[Any] = []
+    classes: dict[type, int] = {}
     groups: dict[Any, list[Any]] = {}
-    try:
-        with torch.no_grad():
-            for _, component in modules:
-                for parameter in component.parameters():
-                    tensor = plain_cpu(parameter)
-                    if type(tensor) not in (torch.Tensor, torch.nn.Parameter):
-                        tensor = plain_cpu(parameter.detach())
-                    flat = tensor.detach().reshape(-1)
+    readable = True
+    with torch.no_grad():
+        for name, component in modules:
+            for index, sub in enumerate(component.modules()):
+                plain = [(k, v) for k, v in sub.__dict__.items() if k not in internals and _plain(v)]
+                if plain:
+                    attributes.append((name, index, plain))
+                kind = type(sub)
+                if kind not in classes:
+                    classes[kind] = id(_resolved(kind, "forward"))
+                processor = sub.__dict__.get("processor")
+                if processor is not None and type(processor) not in classes:
+                    classes[type(processor)] = id(_resolved(type(processor), "__call__"))
+                if not readable:
+                    continue
+                for parameter in sub._parameters.values():
+                    if parameter is None:
+                        continue
+                    try:
+                        tensor = plain_cpu(parameter)
+                        if type(tensor) not in (torch.Tensor, torch.nn.Parameter):
+                            tensor = plain_cpu(parameter.detach())
+                        flat = tensor.detach().reshape(-1)
+                    except (RuntimeError, NotImplementedError, TypeError):
+                        readable = False
+                        break
                     count = flat.numel()
                     if count:
-                        step = max(1, count // SAMPLES_PER_TENSOR)
-                        groups.setdefault(flat.dtype, []).append(flat[::step][:SAMPLES_PER_TENSOR])
-            h = hashlib.blake2b(digest_size=16)
+                        groups.setdefault(flat.dtype, []).append(
+                            flat[:: max(1, count // SAMPLES_PER_TENSOR)][:SAMPLES_PER_TENSOR]
+                        )
+        attributes.append(sorted((f"{c.__module__}.{c.__qualname__}", i) for c, i in classes.items()))
+        if not readable:
+            return attributes, "unreadable"
+        h = hashlib.blake2b(digest_size=16)
+        try:
             for dtype, views in sorted(groups.items(), key=lambda item: str(item[0])):
                 data = plain_cpu(torch.cat(views).to("cpu")).contiguous()
                 h.update(str(dtype).encode())
                 h.update(data.view(torch.uint8).numpy().tobytes())
-    except (RuntimeError, NotImplementedError, TypeError):  # meta or offloaded weights
-        return "unreadable"
-    return h.hexdigest()
+        except (RuntimeError, NotImplementedError, TypeError):  # meta or offloaded weights
+            return attributes, "unreadable"
+    return attributes, h.hexdigest()
 
 
 def pipeline_state(pipe: Any) -> str:
@@ -175,12 +205,8 @@ def pipeline_state(pipe: Any) -> str:
     weights, dtype, hooks, processors, attributes, module code or scheduler change."""
     from pytest_mps.keys import session_fingerprint
 
-    modules = _modules(pipe)
-    text = json.dumps(
-        [session_fingerprint(pipe), _attributes(modules), _weights_sample(modules)],
-        sort_keys=True,
-        default=repr,
-    )
+    attributes, sample = _extras(_modules(pipe))
+    text = json.dumps([session_fingerprint(pipe), attributes, sample], default=repr)
     return "state:" + hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
 
 
