@@ -121,7 +121,7 @@ def _attribute(pipe: Any) -> None:
 def test_a_changed_pipeline_is_never_served_a_stale_run(change) -> None:
     pipe = load()
     with session() as ctx:
-        before = served(pipe, ctx)
+        served(pipe, ctx)
         change(pipe)
         after = served(pipe, ctx)
     assert not after.reused
@@ -241,7 +241,8 @@ def test_checks_share_the_single_run_and_one_cpu_reference() -> None:
     assert parity.details["target_run"] == "reused" and determinism.details["first_run"] == "reused"
     assert batch.details["reused_singles"] == [0]  # item 1 has another prompt and seed: run fresh
     references = ctx.references
-    assert references is not None and references.computed == 1  # cpu_parity's, shared by float16 and the sweep
+    # cpu_parity's reference, shared by float16 and the sweep's own scheduler
+    assert references is not None and references.computed == 1
     assert half.details["reference"] == "memory"
     # inference 1, CPU reference 1, batched 1 + single 1, determinism's second run 1, float16 1
     assert len(calls) == 6, calls
@@ -293,7 +294,8 @@ def test_speed_with_a_stored_reference_runs_no_full_cpu_call(tmp_path) -> None:
         pipe = load().to("mps")
         with session("emulated", ReferenceCache(store=ReferenceStore(tmp_path))):
             check_cpu_parity(pipe, SPEC)  # computes and stores the reference
-        with session("emulated", ReferenceCache(store=ReferenceStore(tmp_path))), counted_calls(pipe) as calls:
+        stored = ReferenceCache(store=ReferenceStore(tmp_path))
+        with session("emulated", stored), counted_calls(pipe) as calls:
             parity = check_cpu_parity(pipe, SPEC)
             check_deterministic(pipe, SPEC)
             speed = suite_checks.check_speed(pipe, SPEC)
