@@ -397,10 +397,12 @@ def _timed_call(
     from pytest_mps.running import run_pipeline
 
     warm = cache.is_warm(pipe, device_label(pipe), call)
-    target.reset_peak_memory()
+    reset, memory = getattr(target, "reset_peak_memory", None), getattr(target, "memory_bytes", None)
+    if reset is not None:
+        reset()
     with warnings.catch_warnings(record=True) as caught:  # the caller's filters stay in force
         run = run_pipeline(pipe, call, target, global_seed=global_seed)
-    entry = _Entry(run, list(caught), target.memory_bytes())
+    entry = _Entry(run, list(caught), memory() if memory is not None else None)
     _replay(entry.caught)
     cache.mark_warm(pipe, device_label(pipe), call)
     cache.note(state, inputs, where, Timing(run.seconds, warm))
