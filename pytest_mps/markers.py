@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from packaging.specifiers import InvalidSpecifier, SpecifierSet
+if TYPE_CHECKING:
+    from packaging.specifiers import SpecifierSet
 
 __all__ = [
     "MARKER_LINES",
@@ -136,6 +137,8 @@ def _specifier(name: str, key: str, value: Any) -> SpecifierSet | None:
         return None
     if not isinstance(value, str) or not value.strip():
         raise _fail(name, f"{key}= must be a version specifier string such as '>=13', got {value!r}")
+    from packaging.specifiers import InvalidSpecifier, SpecifierSet
+
     try:
         return SpecifierSet(value.replace(" ", ""))
     except InvalidSpecifier:

@@ -1,6 +1,9 @@
 """CPU references shared by the checks of one session: each (pipeline state, inputs) pair is run on
 the CPU once, however many checks compare against it. On a real model the CPU run dominates a parity
-check (56 s on 16 CPU cores against 1.05 s on an H100 for an SD-1.5-shaped pipeline at 512x512)."""
+check (56 s on 16 CPU cores against 1.05 s on an H100 for an SD-1.5-shaped pipeline at 512x512).
+
+Beside them, :attr:`ReferenceCache.runs` keeps the session's target runs and call timings
+(:mod:`pytest_mps.run_cache`), so everything the checks of one session share lives in one object."""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from pytest_mps.run_cache import RunCache
     from pytest_mps.running import Run
 
 __all__ = ["ReferenceCache", "ReferenceKey", "shared_cache"]
@@ -40,17 +44,46 @@ class ReferenceKey:
 
 
 class ReferenceCache:
-    """An in-memory LRU of CPU runs, with hit/miss counts. A persistent store (issue: stored
-    references) plugs in behind it through ``store``."""
+    """An in-memory LRU of CPU runs, with hit/miss counts. A persistent store
+    (:class:`pytest_mps.reference_store.ReferenceStore`) plugs in behind it through ``store``, or through
+    :meth:`defer_store` to be built on first use."""
 
     def __init__(self, max_entries: int = 64, store: object | None = None) -> None:
         self._entries: OrderedDict[ReferenceKey, Run] = OrderedDict()
         self._lock = threading.Lock()
         self.max_entries = max_entries
-        self.store = store
+        self._store = store
+        self._make_store: Callable[[], object | None] | None = None
+        self._runs: RunCache | None = None
         self.hits = 0
         self.misses = 0
         self.computed = 0
+
+    @property
+    def store(self) -> object | None:
+        """The persistent store behind the cache (built now when it was deferred), or None."""
+        if self._store is None and self._make_store is not None:
+            make, self._make_store = self._make_store, None
+            self._store = make()
+        return self._store
+
+    @store.setter
+    def store(self, value: object | None) -> None:
+        self._store, self._make_store = value, None
+
+    def defer_store(self, make: Callable[[], object | None]) -> None:
+        """Plug in the store that ``make()`` builds, on first use (a session whose checks need no CPU
+        reference never builds it)."""
+        self._store, self._make_store = None, make
+
+    @property
+    def runs(self) -> RunCache:
+        """The session's target runs and call timings (:class:`pytest_mps.run_cache.RunCache`)."""
+        if self._runs is None:
+            from pytest_mps.run_cache import RunCache
+
+            self._runs = RunCache()
+        return self._runs
 
     def get_or_compute(self, key: ReferenceKey, compute: Callable[[], Run]) -> tuple[Run, str]:
         """The reference for ``key`` and where it came from: ``memory``, ``disk`` or ``computed``."""

@@ -27,9 +27,7 @@ def test_unknown_device_on_the_command_line(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest("--mps-device", "metal")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(
-        [
-            "*argument --mps-device: unknown target device 'metal'; choose one of auto, mps, emulated, *"
-        ]
+        ["*argument --mps-device: unknown target device 'metal'; choose one of auto, mps, emulated, *"]
     )
 
 

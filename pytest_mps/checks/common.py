@@ -176,19 +176,22 @@ def cpu_reference(
     pipe: Any, inputs: dict[str, Any], *, ctx: CheckContext, dtype: Any = None, check: str = ""
 ) -> tuple[Run, str]:
     """The pipeline's output on the CPU for ``inputs`` (optionally in ``dtype``), computed once per
-    session for the same weights, configs, scheduler and inputs. Returns the run and its origin
-    (``memory``, ``disk`` or ``computed``)."""
+    session for the same weights, configs, scheduler and inputs, whichever check asks (cpu_parity,
+    float16's float32 reference of a float32 pipeline, the scheduler sweep's own scheduler: one key).
+    Returns the run and its origin (``memory``, ``disk`` or ``computed``). A reference computed here in
+    the pipeline's own dtype has its timing noted for the speed check."""
     from pytest_mps.emulated_target import cpu_arithmetic
-    from pytest_mps.keys import inputs_fingerprint, pipeline_fingerprint, session_fingerprint
+    from pytest_mps.keys import inputs_fingerprint, pipeline_fingerprint
     from pytest_mps.references import ReferenceKey, shared_cache
+    from pytest_mps.run_cache import pipeline_state, timed_cpu_reference
 
     cache = ctx.references or shared_cache()
     first = next((p for c in pipe.components.values() for p in getattr(c, "parameters", list)()), None)
     run_dtype = dtype or (first.dtype if first is not None else None)
     # A stored reference needs a content key (weights hashed, once per state); a session-only cache
-    # does with an identity key that reads no weights.
+    # does with a key valid in this process that reads no more than a sample of the weights.
     key = ReferenceKey(
-        pipeline=pipeline_fingerprint(pipe) if cache.store is not None else session_fingerprint(pipe),
+        pipeline=pipeline_fingerprint(pipe) if cache.store is not None else pipeline_state(pipe),
         inputs=inputs_fingerprint(inputs),
         dtype=_dtype_name(run_dtype),
         output_type=str(inputs.get("output_type", "default")),
@@ -201,7 +204,9 @@ def cpu_reference(
         with moved(pipe, "cpu", convert), cpu_arithmetic():
             return run_pipeline(pipe, inputs)
 
-    return cache.get_or_compute(key, compute)
+    return cache.get_or_compute(
+        key, compute if convert is not None else timed_cpu_reference(pipe, inputs, ctx, compute)
+    )
 
 
 def _from_exception(ctx: CheckContext, check: str, pipe: Any, exc: Exception) -> CheckResult:

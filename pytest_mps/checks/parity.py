@@ -18,6 +18,7 @@ from pytest_mps.context import CheckContext, current_context
 from pytest_mps.input_spec import Inputs, call_inputs
 from pytest_mps.protocols import Pipeline
 from pytest_mps.results import CheckResult, format_figure
+from pytest_mps.run_cache import run_on_target
 from pytest_mps.running import moved, noise_in_float32, run_pipeline
 from pytest_mps.tolerances import Tolerance
 
@@ -27,7 +28,8 @@ __all__ = ["check_cpu_parity", "check_float16_parity"]
 def _cpu_parity(pipe: Any, ctx: CheckContext, *, inputs: Inputs, tolerance: Tolerance) -> CheckResult:
     call = call_inputs(pipe, inputs)
     result = new_result(ctx, "cpu_parity", pipe, tolerance)
-    target_run = run_pipeline(pipe, call, ctx.target)
+    served = run_on_target(pipe, call, ctx)
+    target_run = served.run
     reference, origin = cpu_reference(pipe, call, ctx=ctx, check="cpu_parity")
     comparison, failures = judge(
         target_run.array,
@@ -39,6 +41,7 @@ def _cpu_parity(pipe: Any, ctx: CheckContext, *, inputs: Inputs, tolerance: Tole
     result.failures += failures
     result.timings = {"target": target_run.seconds, "cpu": reference.seconds}
     result.details["reference"] = origin
+    result.details["target_run"] = "reused" if served.reused else "fresh"
     result.images = {"cpu": reference.array, "target": target_run.array}
     if comparison is not None:
         result.comparisons["target vs cpu"] = comparison

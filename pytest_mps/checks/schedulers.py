@@ -20,7 +20,7 @@ from pytest_mps.input_spec import Inputs, call_inputs
 from pytest_mps.metrics import defects
 from pytest_mps.protocols import Pipeline
 from pytest_mps.results import CheckResult, format_figure
-from pytest_mps.running import run_pipeline
+from pytest_mps.run_cache import run_on_target
 from pytest_mps.tolerances import Tolerance
 from pytest_mps.verdict import Status
 
@@ -67,7 +67,7 @@ def _one(
     problems: list[str] = []
     figure = ""
     try:
-        run = run_pipeline(pipe, call, ctx.target)
+        run = run_on_target(pipe, call, ctx).run  # the pipeline's own scheduler: earlier checks' run
     except Exception as exc:
         raised = f"raised {type(exc).__name__}: {first_line(exc)}"
         try:

@@ -10,7 +10,7 @@ from pytest_mps.context import CheckContext, current_context
 from pytest_mps.input_spec import Inputs, call_inputs
 from pytest_mps.protocols import Pipeline
 from pytest_mps.results import CheckResult, format_figure
-from pytest_mps.running import run_pipeline
+from pytest_mps.run_cache import run_on_target
 from pytest_mps.tolerances import Tolerance
 from pytest_mps.verdict import Status
 
@@ -53,20 +53,18 @@ def _slicing(
     if not modules:
         return _not_applicable(result, "no attention modules")
     saved = [getattr(m, "processor", None) for m in modules]
-    target = ctx.target
     try:
-        target.reset_peak_memory()
-        plain = run_pipeline(pipe, call, target)
-        memory_off = target.memory_bytes()
+        # The unsliced run is the one earlier checks made with these inputs (with its memory figure).
+        unsliced = run_on_target(pipe, call, ctx)
+        plain, memory_off = unsliced.run, unsliced.memory_bytes
         pipe.enable_attention_slicing(slice_size)
         changed = sum(getattr(m, "processor", None) is not p for m, p in zip(modules, saved, strict=True))
         if not changed:
             # As on a Mac: the pipeline's components expose no set_attention_slice, so the call is a
             # no-op there too. Nothing to compare; say so rather than report a vacuous pass.
             return _not_applicable(result, "enable_attention_slicing() changes no attention processor here")
-        target.reset_peak_memory()
-        sliced = run_pipeline(pipe, call, target)
-        memory_on = target.memory_bytes()
+        sliced_run = run_on_target(pipe, call, ctx)
+        sliced, memory_on = sliced_run.run, sliced_run.memory_bytes
     finally:
         for module, processor in zip(modules, saved, strict=True):
             if processor is not None and getattr(module, "processor", None) is not processor:
@@ -76,6 +74,7 @@ def _slicing(
     result.timings = {"unsliced": plain.seconds, "sliced": sliced.seconds}
     result.details.update(
         {
+            "unsliced_run": "reused" if unsliced.reused else "fresh",
             "sliced_modules": changed,
             "slice_size": slice_size,
             "memory_bytes_unsliced": memory_off,

@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 
 from pytest_mps.context import CheckContext, using_context
-from pytest_mps.gating import decide
 from pytest_mps.markers import MARKER_LINES, MarkerError, MpsTolerance, Parsed, parse_marker
 from pytest_mps.plugin.session import session_of
 
@@ -64,6 +63,8 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     parsed = parsed_markers(item)
     if not parsed:
         return
+    from pytest_mps.gating import decide  # here: a test without pytest-mps markers never needs it
+
     session = session_of(item.config)
     decision = decide(parsed, session.target, session.environment)
     if decision.skip_reason:

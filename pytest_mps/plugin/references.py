@@ -11,7 +11,7 @@ They are listed, never deleted. References in pytest's cache folder are pytest's
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,15 +30,33 @@ _REFERENCES_FOLDER = "pytest-mps-references"
 
 @dataclass
 class ReferenceSetup:
-    """Where this run keeps CPU references, and what it found at the end."""
+    """Where this run keeps CPU references, and what it found at the end.
+
+    The store in pytest's cache folder (the default) is built on first use, so a run whose tests
+    compare with no CPU reference never imports it (start-up stays cheap)."""
 
     mode: str  # folder, cache or memory
     folder: Path | None
-    store: ReferenceStore | None
+    make_store: Callable[[], ReferenceStore] | None
     update: bool
     unused: list[tuple[str, str]] | None = None  # (file, note), when the whole suite ran
     unused_reason: str = ""
     worker_stats: list[dict[str, Any]] = field(default_factory=list)
+    current_nodeid: str | None = None
+    _store: ReferenceStore | None = field(default=None, repr=False)
+
+    @property
+    def store(self) -> ReferenceStore | None:
+        """The run's store (built now if it was not yet); None when references live in memory only."""
+        if self._store is None and self.make_store is not None:
+            self._store = self.make_store()
+            self._store.current_nodeid = self.current_nodeid
+        return self._store
+
+    @property
+    def built_store(self) -> ReferenceStore | None:
+        """The store if some check used it, else None (without building it)."""
+        return self._store
 
 
 _SETUP_KEY = pytest.StashKey[ReferenceSetup]()
@@ -65,23 +83,33 @@ def _choose(config: pytest.Config) -> tuple[str, Path | None]:
 
 
 def install(config: pytest.Config) -> ReferenceSetup:
-    """Set up this run's reference store and plug it into the session's reference cache."""
-    from pytest_mps.reference_store import ReferenceStore
-
+    """Set up this run's reference store and plug it into the session's reference cache (the one in
+    pytest's cache folder is built on first use)."""
     session = session_of(config)
     mode, folder = _choose(config)
     update = session.settings.update_references
-    store: ReferenceStore | None = None
+    make: Callable[[], ReferenceStore] | None = None
     if mode == "folder" and folder is not None:
-        store = ReferenceStore(folder, update=update)
+        make = _folder_store(folder, update)
     elif mode == "cache":
         cache = config.cache
-        store = ReferenceStore(lambda: Path(cache.mkdir(_REFERENCES_FOLDER)), update=update)
-    setup = ReferenceSetup(mode, folder, store, update)
-    if store is not None:
-        session.references.store = store
+        make = _folder_store(lambda: Path(cache.mkdir(_REFERENCES_FOLDER)), update)
+    setup = ReferenceSetup(mode, folder, make, update)
+    if mode == "folder":
+        setup.store  # noqa: B018 - a folder the user named is opened now
+    if make is not None:
+        session.references.defer_store(lambda: setup.store)
     config.stash[_SETUP_KEY] = setup
     return setup
+
+
+def _folder_store(folder: Path | Callable[[], Path], update: bool) -> Callable[[], ReferenceStore]:
+    def make() -> ReferenceStore:
+        from pytest_mps.reference_store import ReferenceStore
+
+        return ReferenceStore(folder, update=update)
+
+    return make
 
 
 def reference_setup(config: pytest.Config) -> ReferenceSetup:
@@ -93,8 +121,10 @@ def reference_setup(config: pytest.Config) -> ReferenceSetup:
 def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Generator[None, Any, Any]:
     """Record which test writes a reference (written into the file)."""
     setup = item.config.stash.get(_SETUP_KEY, None)
-    if setup is not None and setup.store is not None:
-        setup.store.current_nodeid = item.nodeid
+    if setup is not None:
+        setup.current_nodeid = item.nodeid
+        if setup.built_store is not None:
+            setup.built_store.current_nodeid = item.nodeid
     return (yield)
 
 
@@ -131,7 +161,7 @@ def reference_summary(config: pytest.Config) -> dict[str, Any]:
     """The reference store's counts and problems over the run (pytest-xdist workers included), as the
     JSON report's ``sources[].references``."""
     setup = reference_setup(config)
-    stats = ([setup.store.stats()] if setup.store is not None else []) + setup.worker_stats
+    stats = ([setup.built_store.stats()] if setup.built_store is not None else []) + setup.worker_stats
     return {
         "mode": setup.mode,
         "folder": str(setup.folder) if setup.folder else None,
@@ -150,16 +180,19 @@ def reference_lines(config: pytest.Config, *, verbose: bool) -> list[str]:
     """The terminal lines about references: one summary line in every run that used references (or
     was asked to rewrite them), then problems and unused files."""
     from pytest_mps.plugin.reports import collector_of
-    from pytest_mps.reference_store import summary_line
 
     setup = reference_setup(config)
     if setup.mode == "memory":
         return []
     summary = reference_summary(config)
-    stats = ([setup.store.stats()] if setup.store is not None else []) + setup.worker_stats
+    stats = ([setup.built_store.stats()] if setup.built_store is not None else []) + setup.worker_stats
     where = summary["folder"] or "pytest's cache folder"
     lines = []
-    line = summary_line(stats, None if setup.unused is None else len(setup.unused))
+    line = None
+    if stats or setup.unused:
+        from pytest_mps.reference_store import summary_line
+
+        line = summary_line(stats, None if setup.unused is None else len(setup.unused))
     if line is not None:
         update = "; --mps-update-references recomputed every one used" if summary["update"] else ""
         lines.append(f"{line} ({where}){update}")

@@ -132,6 +132,9 @@ def _target(config: pytest.Config, checks: list[dict[str, Any]]) -> dict[str, An
 
 def write_reports(config: pytest.Config, exitstatus: int) -> None:
     """Write the reports the settings ask for, from every result of the run."""
+    settings = session_of(config).settings
+    if not (settings.report_json or settings.report_md or settings.report_html or settings.receipt):
+        return  # before the imports: a run that writes no report does not pay for them
     from pytest_mps.plugin.references import reference_summary
     from pytest_mps.plugin.xdist import xdist_hooks
     from pytest_mps.reports.collect import image_key
@@ -140,9 +143,6 @@ def write_reports(config: pytest.Config, exitstatus: int) -> None:
     from pytest_mps.reports.markdown import write_markdown
     from pytest_mps.reports.model import build_report
 
-    settings = session_of(config).settings
-    if not (settings.report_json or settings.report_md or settings.report_html or settings.receipt):
-        return
     facts = facts_of(config)
     checks, images = [], {}
     for index, (nodeid, ordinal, data) in enumerate(facts.collector.records()):
@@ -218,7 +218,7 @@ def send_to_controller(config: pytest.Config) -> None:
     from pytest_mps.reports.collect import image_sets
 
     session = session_of(config)
-    store = reference_setup(config).store
+    store = reference_setup(config).built_store
     output: dict[str, Any] = {
         "deselected": facts_of(config).deselected,
         "references": store.stats() if store is not None else None,
@@ -235,8 +235,6 @@ def finish(config: pytest.Config, session: pytest.Session, exitstatus: int) -> N
     lists unused references and writes the reports."""
     from pytest_mps.plugin.references import find_unused, reference_setup
     from pytest_mps.plugin.xdist import is_worker, xdist_hooks
-    from pytest_mps.reports.atomic import remove_stale_temporaries
-    from pytest_mps.reports.collect import image_sets
 
     if is_worker(config):
         send_to_controller(config)
@@ -249,10 +247,14 @@ def finish(config: pytest.Config, session: pytest.Session, exitstatus: int) -> N
     if hooks is not None:
         setup.worker_stats += [o["references"] for o in hooks.worker_outputs if o.get("references")]
     if setup.mode == "folder" and setup.folder is not None:
+        from pytest_mps.reports.atomic import remove_stale_temporaries
+
         remove_stale_temporaries(setup.folder)
         find_unused(config, whole_suite(config, session, exitstatus))
     mps = session_of(config)
     if mps.results and mps.settings.report_html is not None:
+        from pytest_mps.reports.collect import image_sets
+
         facts_of(config).collector.images.update(image_sets(mps.results))
     write_reports(config, exitstatus)
     if facts_of(config).receipt_failed:

@@ -61,10 +61,13 @@ _STATE = pytest.StashKey[SuiteState]()
 def install(config: pytest.Config) -> None:
     """Check the suite's pipeline folders (a missing one, or one without ``model_index.json``, is a
     usage error; pickle-only weights and corrupt files are the load check's verdict) and set up."""
+    settings = session_of(config).settings
+    if not settings.pipelines:  # a project's own run: nothing to import or check
+        config.stash[_STATE] = SuiteState(specs=[], checks=settings.checks or ())
+        return
     from pytest_mps.pipelines import PipelineLoadError, check_folder
     from pytest_mps.registry import check_ids
 
-    settings = session_of(config).settings
     for path in settings.pipelines:
         try:
             check_folder(Path(path).expanduser(), allow_pickle=True)
@@ -173,7 +176,7 @@ def _suite_key(item: pytest.Item) -> tuple[str, str] | None:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     state = config.stash.get(_STATE, None)
-    if state is None:
+    if state is None or not state.specs:  # no pipeline: no suite test has one to be selected by
         return
     kept, dropped = [], []
     for item in items:

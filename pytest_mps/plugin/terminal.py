@@ -65,7 +65,6 @@ def summary(terminalreporter: Any, config: pytest.Config) -> None:
     from pytest_mps.plugin.references import reference_lines
     from pytest_mps.plugin.reports import collector_of, facts_of
     from pytest_mps.plugin.xdist import is_worker
-    from pytest_mps.tables import session_table, target_heading, verdict_table
 
     if is_worker(config):
         return
@@ -74,6 +73,8 @@ def summary(terminalreporter: Any, config: pytest.Config) -> None:
     labels, suite_results, skips, errors = _suite_rows(config)
     suite_ids = {n for n in collector.nodeids() if SUITE_PROPERTY in collector.properties.get(n, {})}
     own = [data for nodeid, _, data in collector.records() if nodeid not in suite_ids]
+    if labels or own:  # the tables (and the registry they read) are imported only when there is one
+        from pytest_mps.tables import session_table, target_heading, verdict_table
     if labels and (suite_results or skips or errors):
         target = session.target_if_cheap()
         every = [r for group in suite_results.values() for r in group]

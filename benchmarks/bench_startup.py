@@ -1,0 +1,171 @@
+"""Benchmark (not a test): what the installed plugin adds to a plain pytest run.
+
+A folder of trivial tests (500 by default: ``def test_i(): pass``) is run with ``python -m pytest -q``
+twice per round, once with the plugin and once with ``-p no:mps``, in alternating order, for several
+rounds after one untimed warm-up run of each (so both find byte code compiled and files in the page
+cache). Each run is a fresh process, as a user's is. Printed: the median wall time and the median CPU
+time (user + system, of the pytest process) of both, and their ratios. The goal is a ratio of at most
+1.03 (issue 14). On a loaded machine the CPU time is the steadier of the two figures.
+
+``--profile`` also prints which of pytest-mps's modules a plain run imports, and the plugin's
+cumulative time in each hook, from one run under ``cProfile``.
+
+Usage::
+
+    python benchmarks/bench_startup.py                    # 500 tests, 11 rounds
+    python benchmarks/bench_startup.py --tests 500 --rounds 21 --json startup.json
+    python benchmarks/bench_startup.py --profile
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _entry_point_installed() -> bool:
+    from importlib.metadata import entry_points
+
+    return any(ep.name == "mps" for ep in entry_points(group="pytest11"))
+
+
+def write_tests(folder: Path, count: int) -> None:
+    """``count`` trivial tests in one module (and an empty ``conftest.py``)."""
+    body = "\n".join(f"def test_{i}():\n    pass\n" for i in range(count))
+    (folder / "test_many.py").write_text(body)
+    (folder / "conftest.py").write_text("")
+
+
+def command(folder: Path, *, plugin: bool, installed: bool) -> list[str]:
+    """The pytest command line of one variant."""
+    args = [sys.executable, "-m", "pytest", "-q", str(folder)]
+    if plugin:
+        return args if installed else [*args, "-p", "pytest_mps.plugin"]
+    return [*args, "-p", "no:mps"] if installed else args
+
+
+def timed_run(cmd: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, float]:
+    """Wall and CPU seconds of one run (the CPU time of the child process, user + system)."""
+    before = os.times()
+    start = time.perf_counter()
+    done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    after = os.times()
+    if done.returncode != 0:
+        raise SystemExit(f"pytest failed ({done.returncode}):\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
+    cpu = (after.children_user - before.children_user) + (after.children_system - before.children_system)
+    return wall, cpu
+
+
+def profile(folder: Path, env: dict[str, str], installed: bool) -> None:
+    """Print the pytest-mps modules a plain run imports and the plugin's cumulative time per hook."""
+    with tempfile.TemporaryDirectory() as tmp:
+        stats = Path(tmp) / "run.prof"
+        script = (
+            "import sys, cProfile, pytest\n"
+            f"args = {command(folder, plugin=True, installed=installed)[3:]!r}\n"
+            f"cProfile.run('code = pytest.main(args)', {str(stats)!r})\n"
+            "mods = sorted(m for m in sys.modules if m.startswith('pytest_mps'))\n"
+            "print('MODULES ' + ' '.join(mods))\n"
+            "heavy = [m for m in ('torch', 'numpy', 'diffusers', 'transformers') if m in sys.modules]\n"
+            "print('HEAVY ' + ' '.join(heavy))\n"
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", script], cwd=folder, env=env, capture_output=True, text=True
+        )
+        for line in out.stdout.splitlines():
+            if line.startswith(("MODULES ", "HEAVY ")):
+                head, _, rest = line.partition(" ")
+                print(f"{head.lower()}: {rest or '(none)'}")
+        import pstats
+
+        table = pstats.Stats(str(stats))
+        rows = []
+        for (filename, _line, name), (_cc, _nc, _tt, cumulative, _callers) in table.stats.items():  # type: ignore[attr-defined]
+            if "pytest_mps" in filename and (name.startswith("pytest_") or name == "<module>"):
+                where = filename.split("pytest_mps", 1)[1].lstrip("/")
+                rows.append((cumulative, f"{where}:{name}"))
+        print("plugin time under cProfile (cumulative, seconds; nested entries overlap):")
+        for cumulative, label in sorted(rows, reverse=True)[:25]:
+            print(f"  {cumulative:8.4f}  {label}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--tests", type=int, default=500, help="trivial tests in the run (default 500)")
+    parser.add_argument("--rounds", type=int, default=11, help="timed rounds, each runs both (default 11)")
+    parser.add_argument("--profile", action="store_true", help="also profile one run with the plugin")
+    parser.add_argument("--json", type=Path, help="write the numbers here")
+    options = parser.parse_args(argv)
+
+    installed = _entry_point_installed()
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
+    env.pop("PYTEST_ADDOPTS", None)
+    env.pop("PYTEST_PLUGINS", None)
+    with tempfile.TemporaryDirectory(prefix="bench-startup-") as tmp:
+        folder = Path(tmp)
+        write_tests(folder, options.tests)
+        variants = {"plugin": True, "no:mps": False}
+        for plugin in variants.values():  # untimed: byte code, page cache, .pytest_cache
+            timed_run(command(folder, plugin=plugin, installed=installed), folder, env)
+        walls: dict[str, list[float]] = {name: [] for name in variants}
+        cpus: dict[str, list[float]] = {name: [] for name in variants}
+        for i in range(options.rounds):
+            order = list(variants.items()) if i % 2 == 0 else list(reversed(variants.items()))
+            for name, plugin in order:
+                wall, cpu = timed_run(command(folder, plugin=plugin, installed=installed), folder, env)
+                walls[name].append(wall)
+                cpus[name].append(cpu)
+        if options.profile:
+            profile(folder, env, installed)
+
+    wall = {name: statistics.median(v) for name, v in walls.items()}
+    cpu = {name: statistics.median(v) for name, v in cpus.items()}
+    print(
+        f"\n{options.tests} trivial tests, {options.rounds} interleaved rounds, medians "
+        f"(python {platform.python_version()}, plugin {'installed' if installed else 'via -p'}):"
+    )
+    print(f"{'':12}{'wall s':>10}{'cpu s':>10}")
+    for name in variants:
+        print(f"{name:12}{wall[name]:10.3f}{cpu[name]:10.3f}")
+    wall_ratio = wall["plugin"] / wall["no:mps"]
+    cpu_ratio = cpu["plugin"] / cpu["no:mps"]
+    print(f"{'ratio':12}{wall_ratio:10.3f}{cpu_ratio:10.3f}   (goal: at most 1.030)")
+    print(
+        f"plugin cost: {1000 * (wall['plugin'] - wall['no:mps']):.0f} ms wall, "
+        f"{1000 * (cpu['plugin'] - cpu['no:mps']):.0f} ms cpu per run"
+    )
+    if options.json:
+        options.json.write_text(
+            json.dumps(
+                {
+                    "tests": options.tests,
+                    "rounds": options.rounds,
+                    "wall": walls,
+                    "cpu": cpus,
+                    "median_wall": wall,
+                    "median_cpu": cpu,
+                    "wall_ratio": wall_ratio,
+                    "cpu_ratio": cpu_ratio,
+                },
+                indent=2,
+            )
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
