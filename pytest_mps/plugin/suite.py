@@ -61,21 +61,22 @@ _STATE = pytest.StashKey[SuiteState]()
 def install(config: pytest.Config) -> None:
     """Check the suite's pipeline folders (a missing one, or one without ``model_index.json``, is a
     usage error; pickle-only weights and corrupt files are the load check's verdict) and set up."""
+    from pytest_mps.registry import check_ids
+
     settings = session_of(config).settings
-    if not settings.pipelines:  # a project's own run: nothing to import or check
-        config.stash[_STATE] = SuiteState(specs=[], checks=settings.checks or ())
+    checks = settings.checks or check_ids()
+    if not settings.explore and not (settings.checks and "explore" in settings.checks):
+        checks = tuple(c for c in checks if c != "explore")  # exploration is off unless asked for
+    if not settings.pipelines:  # a project's own run (or the suite without pipelines): no folder to check
+        config.stash[_STATE] = SuiteState(specs=[], checks=checks)
         return
     from pytest_mps.pipelines import PipelineLoadError, check_folder
-    from pytest_mps.registry import check_ids
 
     for path in settings.pipelines:
         try:
             check_folder(Path(path).expanduser(), allow_pickle=True)
         except PipelineLoadError as exc:
             raise pytest.UsageError(str(exc)) from None
-    checks = settings.checks or check_ids()
-    if not settings.explore and not (settings.checks and "explore" in settings.checks):
-        checks = tuple(c for c in checks if c != "explore")  # exploration is off unless asked for
     config.stash[_STATE] = SuiteState(specs=pipeline_specs(settings.pipelines), checks=checks)
 
 
@@ -176,7 +177,7 @@ def _suite_key(item: pytest.Item) -> tuple[str, str] | None:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     state = config.stash.get(_STATE, None)
-    if state is None or not state.specs:  # no pipeline: no suite test has one to be selected by
+    if state is None:
         return
     kept, dropped = [], []
     for item in items:
