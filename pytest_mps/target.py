@@ -28,7 +28,6 @@ __all__ = [
 ]
 
 
-
 class TargetError(ValueError):
     """The requested target cannot be used; the message is one line with the cause and a fix hint."""
 

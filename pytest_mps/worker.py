@@ -1,6 +1,7 @@
 """The worker process of crash isolation: ``python -m pytest_mps.worker [--preload]``.
 
-It loads one pipeline and runs checks on it, one request at a time. Requests arrive on stdin and each
+It loads a pipeline and runs checks on it, one request at a time; a later ``load`` replaces the pipeline
+(a worker that survived one pipeline serves the next). Requests arrive on stdin and each
 answer leaves on the protocol channel, one JSON object per line. The protocol channel is the original
 stdout: file descriptor 1 is pointed at stderr at start-up, so whatever a pipeline prints cannot corrupt
 it. faulthandler is on, so a segfault or an abort leaves the Python stack on stderr, and ``SIGUSR1``
@@ -92,6 +93,8 @@ def _serve(request: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
 
     op = request.get("op")
     if op == "load":
+        # A worker serves one pipeline at a time: the previous one (a reused worker) goes first.
+        runner.release(state.pop("loaded", None))
         loaded = runner.load_for_suite(
             PipelineSpec.from_dict(request["spec"]),
             SuiteSettings.from_dict(request["settings"]),

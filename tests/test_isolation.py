@@ -160,6 +160,42 @@ def test_a_pool_hands_out_its_spare_first() -> None:
     pool.close()
 
 
+def test_a_worker_alive_after_one_pipeline_serves_the_next_and_a_dead_one_never(tmp_path: Path) -> None:
+    """torch and diffusers are imported once per run: the worker that checked one pipeline loads the
+    next (the previous pipeline is dropped first); a worker that died is replaced, never reused."""
+    import shutil
+
+    other = tmp_path / "other-ddpm"
+    shutil.copytree(FIXTURES / "tiny-ddpm", other)
+    pool = WorkerPool(preload=False)
+    settings = SuiteSettings(device="cpu", steps=1)
+    target = Target("cpu", "cpu")
+    pids = []
+    try:
+        for path, label in ((FIXTURES / "tiny-ddpm", "tiny-ddpm"), (other, "other-ddpm")):
+            runner = IsolatedRunner(
+                PipelineSpec(str(path), label), settings, target=target, timeout=120, pool=pool
+            )
+            try:
+                outcome = runner.check("inference")
+                assert outcome.result.status is Status.PASSED, outcome.result.summary
+                assert outcome.result.pipeline == label
+                assert runner._worker is not None
+                pids.append(runner._worker.pid)
+            finally:
+                runner.close()
+        assert pids[0] == pids[1] and pool.started == 1 and pool.reused == 1
+        survivor = pool.take()
+        assert survivor.pid == pids[0] and pool.reused == 2
+        survivor.close(graceful=False)  # it dies (killed): given back, it is not kept
+        pool.give_back(survivor)
+        fresh = pool.take()
+        assert fresh is not survivor and pool.started == 2 and pool.reused == 2
+        fresh.close(graceful=False)
+    finally:
+        pool.close()
+
+
 def test_a_runner_reports_a_load_that_fails_and_skips_the_rest() -> None:
     runner = IsolatedRunner(
         PipelineSpec(str(FIXTURES / "tiny-ddpm"), "tiny-ddpm"),

@@ -28,6 +28,7 @@ def test_readme_first_test_runs(pytester: pytest.Pytester) -> None:
     shown = table.group(1).strip().splitlines()
     out = result.stdout.lines
     start = out.index(shown[0])
+
     def masked(line: str) -> str:
         return re.sub(r"worst item \(\d\)", "worst item (i)", re.sub(r"\d\.\d+e-0[5-9]", "<1e-4", line))
 

@@ -1,7 +1,8 @@
 """Runs one pipeline's suite checks in a worker process: the worker loads the pipeline once and serves
 every check until one crashes or hangs; the next check then gets a fresh worker, which loads the
-pipeline again. A dead worker's check becomes a ``crashed`` or ``hung`` result naming the signal and
-quoting the worker's stderr. Imports nothing heavy."""
+pipeline again. A worker still alive at the end goes back to the pool for the next pipeline. A dead
+worker's check becomes a ``crashed`` or ``hung`` result naming the signal and quoting the worker's
+stderr. Imports nothing heavy."""
 
 from __future__ import annotations
 
@@ -192,10 +193,11 @@ class IsolatedRunner:
 
     def _keep_stats(self, worker: Worker, got: Mapping[str, Any]) -> None:
         if isinstance(got.get("references"), dict):
-            self.pool.reference_stats[worker.pid] = got["references"]
+            # each load has its own store: a reused worker reports one per pipeline
+            self.pool.reference_stats[(worker.pid, self.spec.label)] = got["references"]
 
     def close(self) -> None:
-        """Stop the worker."""
+        """Give the worker back to the pool (it serves the next pipeline if it is alive)."""
         worker, self._worker = self._worker, None
         if worker is not None:
-            worker.close()
+            self.pool.give_back(worker)

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
@@ -303,29 +304,45 @@ class Worker:
 
 
 class WorkerPool:
-    """Hands out fresh workers; :meth:`prewarm` starts one ahead of need, so that its torch and
-    diffusers imports overlap other work."""
+    """Hands out workers: one given back alive after a pipeline (:meth:`give_back`) serves the next, so
+    torch and diffusers are imported once per run, not once per pipeline; a worker that died is never
+    reused, and :meth:`prewarm` starts a fresh one ahead of need (after a crash)."""
 
     def __init__(self, *, preload: bool = True, env: Mapping[str, str] | None = None) -> None:
         self.preload = preload
         self.env = dict(env or {})
         self._spare: Worker | None = None
         self.started = 0
-        #: each worker's latest reference-store counts, by pid
-        self.reference_stats: dict[int, dict[str, Any]] = {}
+        #: workers handed out again after serving a pipeline
+        self.reused = 0
+        #: the latest reference-store counts of each (worker pid, pipeline label)
+        self.reference_stats: dict[tuple[int, str], dict[str, Any]] = {}
+        self._used: weakref.WeakSet[Worker] = weakref.WeakSet()
 
     def _new(self) -> Worker:
         self.started += 1
         return Worker(preload=self.preload, env=self.env)
 
     def take(self) -> Worker:
-        """A fresh worker: the spare if one is up, else a new one."""
+        """A worker: the spare if one is up (fresh or given back), else a new one."""
         spare, self._spare = self._spare, None
         if spare is not None and spare.alive:
+            if spare in self._used:
+                self.reused += 1
             return spare
         if spare is not None:
             spare.close(graceful=False)
         return self._new()
+
+    def give_back(self, worker: Worker) -> None:
+        """Keep ``worker`` for the next pipeline when it is alive and no spare is up; else stop it."""
+        if worker.alive and (self._spare is None or not self._spare.alive):
+            if self._spare is not None:
+                self._spare.close(graceful=False)
+            self._used.add(worker)
+            self._spare = worker
+        else:
+            worker.close()
 
     def prewarm(self) -> None:
         """Start a spare worker now, unless one is up."""

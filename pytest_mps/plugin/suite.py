@@ -49,11 +49,6 @@ class SuiteState:
             self.pool = WorkerPool()
         return self.pool
 
-    def prewarm_after(self, label: str) -> None:
-        """Start a spare worker when another pipeline comes after ``label``."""
-        if label in self.order and self.order.index(label) < len(self.order) - 1:
-            self.worker_pool().prewarm()
-
 
 _STATE = pytest.StashKey[SuiteState]()
 
@@ -221,8 +216,7 @@ def mps_suite_pipeline(request: pytest.FixtureRequest) -> Iterator[Any]:
             settings,
             target=target,
             timeout=session.settings.timeout_or_none,
-            pool=state.worker_pool(),
-            on_worker=lambda: state.prewarm_after(spec.label),
+            pool=state.worker_pool(),  # one worker serves pipeline after pipeline until one dies
         )
     else:
         from pytest_mps.suite.runner import InProcessRunner

@@ -285,7 +285,14 @@ class InProcessRunner:
     def close(self) -> None:
         """Drop the pipeline and return cached target memory."""
         loaded, self._loaded = self._loaded, None
-        if loaded is not None and loaded.target is not None:
-            loaded.pipe = None
+        release(loaded)
+
+
+def release(loaded: Loaded | None) -> None:
+    """Drop a loaded pipeline and return its cached target memory (before the next pipeline loads in
+    the same process)."""
+    if loaded is not None:
+        loaded.pipe = None
+        if loaded.target is not None:
             with contextlib.suppress(Exception):
                 loaded.target.empty_cache()
