@@ -258,6 +258,13 @@ def _print_plan(options: argparse.Namespace, paths: Sequence[str], device: str) 
     sys.stdout.flush()
 
 
+def _discard_early_worker() -> None:
+    if "pytest_mps.isolation.worker_process" in sys.modules:
+        from pytest_mps.isolation.worker_process import discard_early_pool
+
+        discard_early_pool()
+
+
 def check(argv: Sequence[str]) -> int:
     """``pytest-mps check``: validate, then run the suite through pytest; returns the exit status."""
     ours, paths, passthrough = _split(argv)
@@ -267,15 +274,23 @@ def check(argv: Sequence[str]) -> int:
             options = parser.parse_args(ours)
         except SystemExit as exc:  # --help
             return int(exc.code or 0)
+        if options.isolate and paths:  # its imports overlap the validation's
+            from pytest_mps.isolation.worker_process import start_early_worker
+
+            start_early_worker()
         _validate_paths(options, paths, passthrough)
         device = _resolve_device(options.device)
     except _BadInput as exc:
+        _discard_early_worker()
         print(f"pytest-mps check: error: {exc}", file=sys.stderr)
         return USAGE_ERROR
     _print_plan(options, paths, device)
     import pytest
 
-    status = int(pytest.main([*pytest_arguments(options, paths, device), *passthrough]))
+    try:
+        status = int(pytest.main([*pytest_arguments(options, paths, device), *passthrough]))
+    finally:
+        _discard_early_worker()  # a run that never needed it
     # pytest's usage error (a bad option it parsed, a receipt that could not be signed) is bad input here.
     return USAGE_ERROR if status == int(pytest.ExitCode.USAGE_ERROR) else status
 

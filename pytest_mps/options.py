@@ -290,8 +290,8 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "isolate",
         "run each test that uses the device (mps_pipeline, mps_device, mps_device_lock or the mps marker) "
-        "in a worker process, and the bundled suite's checks in one per pipeline, so a crash or hang "
-        "fails that test, not the session (default in pytest-mps check)",
+        "in a worker process, and the bundled suite's checks in one (a fresh one after a crash), so a crash "
+        "or hang fails that test, not the session (default in pytest-mps check)",
         kind="flag",
         default=False,
         cli="--isolate",

@@ -117,7 +117,7 @@ def test_the_run_shows_progress_and_says_it_is_a_standin(bundled) -> None:
     out = bundled[0].stdout
     assert "mps check: 3 pipeline(s): tiny-sd, tiny-ddpm, tiny-dit | target " in out
     assert "a pre-check, never an MPS verdict" in out
-    assert "crash isolation on (a worker process per pipeline; 600s limit per check)" in out
+    assert "crash isolation on (a worker process, a fresh one after a crash; 600s limit per check)" in out
     assert "test_compat.py::test_load[tiny-sd] PASSED" in out  # -v: one line per check as it runs
     assert "speed is information only on a stand-in" in out
 
@@ -410,3 +410,39 @@ def test_a_pipeline_no_faster_than_the_cpu_fails_the_speed_check_on_mps(one_thre
     assert result.status.value == "failed"
     assert result.failures[0].startswith("MPS is no faster than the CPU: 0.")
     assert result.details["judged"] is True and result.details["speedup"] < 1.0
+
+
+def test_check_starts_its_worker_before_validating_and_stops_it_on_bad_input(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The worker's imports overlap the folder validation; a run that ends early leaves no worker."""
+    from pytest_mps.isolation import worker_process
+
+    started: list[Any] = []
+    real = worker_process.WorkerPool.prewarm
+
+    def spy(pool: Any) -> None:
+        real(pool)
+        started.append(pool._spare)
+
+    monkeypatch.setattr(worker_process.WorkerPool, "prewarm", spy)
+    assert cli.main(["check", str(tmp_path / "missing")]) == cli.USAGE_ERROR
+    assert "missing" in capsys.readouterr().err
+    assert len(started) == 1 and not started[0].alive
+    assert worker_process.take_early_pool() is None
+    assert cli.main(["check", str(tmp_path / "missing"), "--no-isolate"]) == cli.USAGE_ERROR
+    assert len(started) == 1  # no isolation, no worker
+
+
+def test_the_suite_takes_the_early_worker() -> None:
+    from pytest_mps.isolation import worker_process
+    from pytest_mps.plugin.suite import SuiteState
+
+    worker_process.start_early_worker()
+    early = worker_process._EARLY
+    state = SuiteState(specs=[], checks=())
+    try:
+        assert state.worker_pool() is early and worker_process.take_early_pool() is None
+        assert early is not None and early.started == 1
+    finally:
+        state.worker_pool().close()

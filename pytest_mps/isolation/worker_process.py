@@ -354,3 +354,31 @@ class WorkerPool:
         spare, self._spare = self._spare, None
         if spare is not None:
             spare.close(graceful=False)
+
+
+#: A pool started before the pytest session that will use it (see :func:`start_early_worker`).
+_EARLY: WorkerPool | None = None
+
+
+def start_early_worker() -> None:
+    """Start a worker now, for the pytest session this process runs next to take
+    (:func:`take_early_pool`): ``pytest-mps check`` does so before it validates the pipeline folders,
+    so the worker's torch and diffusers imports overlap the parent's own."""
+    global _EARLY
+    if _EARLY is None:
+        _EARLY = WorkerPool()
+        _EARLY.prewarm()
+
+
+def take_early_pool() -> WorkerPool | None:
+    """The pool :func:`start_early_worker` started (its owner is now the caller), or None."""
+    global _EARLY
+    pool, _EARLY = _EARLY, None
+    return pool
+
+
+def discard_early_pool() -> None:
+    """Stop an early worker nobody took (a run that ended before it needed one)."""
+    pool = take_early_pool()
+    if pool is not None:
+        pool.close()

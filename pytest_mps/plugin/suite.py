@@ -44,9 +44,9 @@ class SuiteState:
     def worker_pool(self) -> WorkerPool:
         """The run's worker pool (started on first need)."""
         if self.pool is None:
-            from pytest_mps.isolation import WorkerPool
+            from pytest_mps.isolation.worker_process import WorkerPool, take_early_pool
 
-            self.pool = WorkerPool()
+            self.pool = take_early_pool() or WorkerPool()  # pytest-mps check starts one early
         return self.pool
 
 
@@ -121,7 +121,7 @@ def plan_lines(labels: Sequence[str], target: Target, settings: Settings) -> lis
         where = f"target {target.label}: a pre-check, never an MPS verdict"
     if settings.isolate:
         limit = f"{settings.timeout:g}s limit per check" if settings.timeout else "no time limit"
-        isolation = f"crash isolation on (a worker process per pipeline; {limit})"
+        isolation = f"crash isolation on (a worker process, a fresh one after a crash; {limit})"
     else:
         isolation = "crash isolation off (a crash on the target ends the session)"
     size = f"{settings.size} px" if settings.size else "smallest valid size"
