@@ -1,8 +1,9 @@
 """What a check needs to know about the test that runs it: the target, the tolerances set by marker
 and ini, the shared CPU references, and where to record its result.
 
-The plugin sets a :class:`CheckContext` around each test; a check called outside pytest gets one
-derived from the pipeline's device.
+Inside a pytest run the plugin provides the running test's :class:`CheckContext` (built on a check's
+first call in that test); :func:`using_context` sets one explicitly; a check called outside pytest gets
+one derived from the pipeline's device.
 """
 
 from __future__ import annotations
@@ -14,13 +15,12 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from pytest_mps.target import Target
-
 if TYPE_CHECKING:
     from pytest_mps.references import ReferenceCache
     from pytest_mps.results import CheckResult
+    from pytest_mps.target import Target
 
-__all__ = ["CheckContext", "current_context", "using_context"]
+__all__ = ["CheckContext", "current_context", "pop_provider", "push_provider", "using_context"]
 
 
 @dataclass
@@ -66,6 +66,23 @@ class _Lazy:
 
 _CURRENT: contextvars.ContextVar[_Lazy | None] = contextvars.ContextVar("pytest_mps_check", default=None)
 
+#: Where checks called without an explicit context find the running test's: the plugin pushes one
+#: provider per pytest session (nested sessions, as pytester runs them, stack) and pops it at the end.
+#: A provider returns the running test's context, or None between tests.
+_PROVIDERS: list[Callable[[], CheckContext | None]] = []
+
+
+def push_provider(provider: Callable[[], CheckContext | None]) -> None:
+    """Make ``provider`` the source of the running test's context (a pytest session's plugin does
+    this once, instead of wrapping every test)."""
+    _PROVIDERS.append(provider)
+
+
+def pop_provider(provider: Callable[[], CheckContext | None]) -> None:
+    """Remove ``provider`` (the end of its session)."""
+    if provider in _PROVIDERS:
+        _PROVIDERS.remove(provider)
+
 
 @contextlib.contextmanager
 def using_context(context: CheckContext | Callable[[], CheckContext]) -> Iterator[None]:
@@ -80,6 +97,8 @@ def using_context(context: CheckContext | Callable[[], CheckContext]) -> Iterato
 
 
 def _target_from_device(device: Any) -> Target:
+    from pytest_mps.target import Target
+
     kind = getattr(device, "type", str(device))
     if kind == "mps":
         from pytest_mps.emulated_target import emulation_active
@@ -94,8 +113,8 @@ def current_context(pipe: Any = None) -> CheckContext:
     """The running test's context, or one inferred from ``pipe``'s device outside pytest."""
     lazy = _CURRENT.get()
     device = getattr(pipe, "device", "cpu")
-    if lazy is not None:
-        context = lazy.get()
+    context = lazy.get() if lazy is not None else (_PROVIDERS[-1]() if _PROVIDERS else None)
+    if context is not None:
         kind = getattr(device, "type", str(device))
         if pipe is not None and (not context.target.available or context.target.device_type != kind):
             # The label must name where the work ran: a pipeline on another device than the

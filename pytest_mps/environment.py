@@ -14,21 +14,23 @@ import platform
 import subprocess
 import sys
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from packaging.version import InvalidVersion, Version
+if TYPE_CHECKING:
+    from packaging.version import Version
+
+    MIN_MACOS: Version
+    MIN_TORCH: Version
 
 __all__ = ["MIN_MACOS", "MIN_TORCH", "MPSEnvironment", "detect_environment"]
 
-#: The Diffusers MPS guide: "macOS 12.6 or later (13.0 or later recommended)".
-MIN_MACOS = Version("12.6")
-#: The Diffusers MPS guide: PyTorch 1.13 is the first release it supports with ``mps`` (2.0 advised).
-MIN_TORCH = Version("1.13")
+#: The version floors, as text (``MIN_MACOS`` and ``MIN_TORCH`` are their ``Version`` objects, made on
+#: first use: parsing versions needs ``packaging``, which a pytest start-up off macOS never imports).
+#: The Diffusers MPS guide: "macOS 12.6 or later (13.0 or later recommended)"; PyTorch 1.13 is the
+#: first release it supports with ``mps`` (2.0 advised).
+_FLOORS = {"MIN_MACOS": "12.6", "MIN_TORCH": "1.13"}
 #: PyTorch raised the macOS floor of its MPS backend later on: (first torch release, macOS it needs).
-_TORCH_MACOS_FLOORS: tuple[tuple[Version, Version], ...] = (
-    (Version("2.9"), Version("14.0")),
-    (Version("2.6"), Version("13.0")),
-)
+_TORCH_MACOS_FLOOR_TEXT = (("2.9", "14.0"), ("2.6", "13.0"))
 FALLBACK_VARIABLE = "PYTORCH_ENABLE_MPS_FALLBACK"
 
 
@@ -94,10 +96,19 @@ class MPSEnvironment:
 
 
 def _distribution_version(name: str) -> str | None:
+    """The installed version of distribution ``name``, read from its metadata's ``Version:`` line
+    (parsing the whole metadata, as ``importlib.metadata.version`` does, costs the plugin's header a few
+    milliseconds at every pytest start-up)."""
     try:
-        return importlib.metadata.version(name)
+        dist = importlib.metadata.distribution(name)
     except importlib.metadata.PackageNotFoundError:
         return None
+    for line in (dist.read_text("METADATA") or dist.read_text("PKG-INFO") or "").splitlines():
+        if not line:
+            break  # the end of the headers
+        if line.startswith("Version:"):
+            return line[len("Version:") :].strip()
+    return dist.version
 
 
 def _sysctl(name: str) -> str | None:
@@ -124,10 +135,24 @@ def _memory_gb(os_name: str) -> float | None:
 def _parse_version(text: str | None) -> Version | None:
     if not text:
         return None
+    from packaging.version import InvalidVersion, Version
+
     try:
         return Version(text)
     except InvalidVersion:
         return None
+
+
+def _floor(name: str) -> Version:
+    from packaging.version import Version
+
+    return Version(_FLOORS[name])
+
+
+def __getattr__(name: str) -> Any:
+    if name in _FLOORS:
+        return _floor(name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _probe_torch_mps() -> tuple[bool, bool]:
@@ -154,15 +179,18 @@ def _unusable_reason(
         return "Python is x86_64 under Rosetta on an arm64 Mac: install an arm64 (native) Python"
     if machine_arch != "arm64":
         return f"this Mac has a {machine_arch} processor; MPS needs Apple silicon (arm64)"
-    if macos is not None and macos < MIN_MACOS:
-        return f"macOS {macos} is older than the {MIN_MACOS} that MPS needs"
+    min_macos, min_torch = _floor("MIN_MACOS"), _floor("MIN_TORCH")
+    if macos is not None and macos < min_macos:
+        return f"macOS {macos} is older than the {min_macos} that MPS needs"
     if torch_version is None:
         return "torch is not installed"
     torch_v = _parse_version(torch_version)
     if torch_v is not None:
-        if torch_v.release < MIN_TORCH.release:
-            return f"torch {torch_version} is older than the {MIN_TORCH} that MPS needs"
-        for first_torch, floor in _TORCH_MACOS_FLOORS:
+        if torch_v.release < min_torch.release:
+            return f"torch {torch_version} is older than the {min_torch} that MPS needs"
+        for first_text, floor_text in _TORCH_MACOS_FLOOR_TEXT:
+            first_torch, floor = _parse_version(first_text), _parse_version(floor_text)
+            assert first_torch is not None and floor is not None
             if torch_v.release >= first_torch.release and macos is not None and macos < floor:
                 return f"macOS {macos} is older than the {floor} that torch {first_torch}+ needs for MPS"
     if mps_built is False:

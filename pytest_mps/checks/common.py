@@ -186,12 +186,15 @@ def cpu_reference(
     from pytest_mps.run_cache import pipeline_state, timed_cpu_reference
 
     cache = ctx.references or shared_cache()
+    store = cache.store
+    if store is not None and ctx.nodeid and hasattr(store, "current_nodeid"):
+        store.current_nodeid = ctx.nodeid  # the test that writes a reference is recorded in its file
     first = next((p for c in pipe.components.values() for p in getattr(c, "parameters", list)()), None)
     run_dtype = dtype or (first.dtype if first is not None else None)
     # A stored reference needs a content key (weights hashed, once per state); a session-only cache
     # does with a key valid in this process that reads no more than a sample of the weights.
     key = ReferenceKey(
-        pipeline=pipeline_fingerprint(pipe) if cache.store is not None else pipeline_state(pipe),
+        pipeline=pipeline_fingerprint(pipe) if store is not None else pipeline_state(pipe),
         inputs=inputs_fingerprint(inputs),
         dtype=_dtype_name(run_dtype),
         output_type=str(inputs.get("output_type", "default")),

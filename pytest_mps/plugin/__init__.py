@@ -74,8 +74,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    from pytest_mps.plugin import suite
+    from pytest_mps.plugin import markers, suite
 
+    markers.unregister(config)
     mps_session = config.stash.get(SESSION_KEY, None)
     if mps_session is not None:
         suite.close(config)

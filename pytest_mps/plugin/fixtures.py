@@ -8,12 +8,13 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_mps.environment import MPSEnvironment
 from pytest_mps.plugin.session import session_of
-from pytest_mps.target import Target
 
 if TYPE_CHECKING:
     import torch
+
+    from pytest_mps.environment import MPSEnvironment
+    from pytest_mps.target import Target
 
 __all__ = ["mps_device", "mps_device_lock", "mps_environment", "mps_pipeline", "mps_target"]
 

@@ -5,24 +5,55 @@ emulated Metal abort."""
 
 from __future__ import annotations
 
-from collections.abc import Generator
-from typing import Any
+import functools
+from collections.abc import Callable, Generator
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_mps.context import CheckContext, using_context
 from pytest_mps.markers import MARKER_LINES, MarkerError, MpsTolerance, Parsed, parse_marker
 from pytest_mps.plugin.session import session_of
+
+if TYPE_CHECKING:
+    from pytest_mps.context import CheckContext
 
 __all__ = ["PARSED_KEY"]
 
 PARSED_KEY = pytest.StashKey[tuple[Parsed, ...]]()
+_CONTEXT_KEY = pytest.StashKey["CheckContext"]()
+_PROVIDER_KEY = pytest.StashKey[Callable[[], "CheckContext | None"]]()
 
 
 def register(config: pytest.Config) -> None:
-    """Register every marker with its one-line description (``--strict-markers`` passes)."""
+    """Register every marker with its one-line description (``--strict-markers`` passes), and provide
+    the running test's check context to the checks it calls."""
     for line in MARKER_LINES.values():
         config.addinivalue_line("markers", line)
+    from pytest_mps.context import push_provider
+
+    provider = functools.partial(_running_context, config)
+    config.stash[_PROVIDER_KEY] = provider
+    push_provider(provider)
+
+
+def unregister(config: pytest.Config) -> None:
+    """The end of the session: its tests' contexts are no longer provided."""
+    provider = config.stash.get(_PROVIDER_KEY, None)
+    if provider is not None:
+        from pytest_mps.context import pop_provider
+
+        pop_provider(provider)
+
+
+def _running_context(config: pytest.Config) -> CheckContext | None:
+    """The context of the test running now (from its setup to its teardown), built on first need."""
+    item = session_of(config).current_item
+    if item is None:
+        return None
+    context = item.stash.get(_CONTEXT_KEY, None)
+    if context is None:
+        context = item.stash[_CONTEXT_KEY] = context_for(item)
+    return context
 
 
 def _parse_item_markers(item: pytest.Item) -> tuple[Parsed, ...]:
@@ -59,7 +90,9 @@ def pytest_make_collect_report(collector: pytest.Collector) -> Generator[None, A
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    """Skip or expect failure as the test's markers, the target and the environment decide."""
+    """The test starts (its checks see its context until its teardown is reported); skip or expect
+    failure as its markers, the target and the environment decide."""
+    session_of(item.config).current_item = item
     parsed = parsed_markers(item)
     if not parsed:
         return
@@ -84,6 +117,8 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 def context_for(item: pytest.Item) -> CheckContext:
     """The check context of a test: the target, its tolerance marker, the ini tolerances, the shared
     references, and a sink that records each result with the test."""
+    from pytest_mps.context import CheckContext
+
     session = session_of(item.config)
     marker = next((m.values for m in parsed_markers(item) if isinstance(m, MpsTolerance)), {})
     return CheckContext(
@@ -98,22 +133,19 @@ def context_for(item: pytest.Item) -> CheckContext:
     )
 
 
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_call(item: pytest.Item) -> Generator[None, Any, Any]:
-    """Checks called by the test see its target, tolerances and the session's references (built on
-    first use: a test that calls no check never resolves the target)."""
-    with using_context(lambda: context_for(item)):
-        return (yield)
-
-
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, Any]:
-    """An emulated Metal abort (a buffer of 2**32 bytes or more) is a crash on a Mac: say so."""
-    report = yield
-    if call.excinfo is not None and call.excinfo.type.__name__ == "MPSAbortError":
-        text = str(call.excinfo.value).strip().splitlines()[0]
-        report.sections.append(
-            ("pytest-mps crash", f"CRASH: on a Mac this aborts the whole process (SIGABRT): {text}")
-        )
-        report.user_properties.append(("mps:crash", text))
-    return report
+def note_crash(report: pytest.TestReport) -> None:
+    """An emulated Metal abort (a buffer of 2**32 bytes or more) is a crash on a Mac: say so in the
+    failed report (a section and the ``mps:crash`` property). Called with every failed call report, in
+    the plugin's report hook: no wrapper around every test."""
+    crash = getattr(getattr(report, "longrepr", None), "reprcrash", None)
+    message = str(getattr(crash, "message", "") or "")
+    kind, _, text = message.partition(":")
+    if kind.rsplit(".", 1)[-1].strip() != "MPSAbortError":
+        return
+    if any(name == "mps:crash" for name, _ in report.user_properties):
+        return  # noted already (in the pytest-xdist worker that ran it)
+    text = text.strip().splitlines()[0] if text.strip() else "MPSAbortError"
+    report.sections.append(
+        ("pytest-mps crash", f"CRASH: on a Mac this aborts the whole process (SIGABRT): {text}")
+    )
+    report.user_properties.append(("mps:crash", text))

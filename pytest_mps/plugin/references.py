@@ -11,7 +11,7 @@ They are listed, never deleted. References in pytest's cache folder are pytest's
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,7 +42,6 @@ class ReferenceSetup:
     unused: list[tuple[str, str]] | None = None  # (file, note), when the whole suite ran
     unused_reason: str = ""
     worker_stats: list[dict[str, Any]] = field(default_factory=list)
-    current_nodeid: str | None = None
     _store: ReferenceStore | None = field(default=None, repr=False)
 
     @property
@@ -50,7 +49,6 @@ class ReferenceSetup:
         """The run's store (built now if it was not yet); None when references live in memory only."""
         if self._store is None and self.make_store is not None:
             self._store = self.make_store()
-            self._store.current_nodeid = self.current_nodeid
         return self._store
 
     @property
@@ -97,8 +95,8 @@ def install(config: pytest.Config) -> ReferenceSetup:
     setup = ReferenceSetup(mode, folder, make, update)
     if mode == "folder":
         setup.store  # noqa: B018 - a folder the user named is opened now
-    if make is not None:
-        session.references.defer_store(lambda: setup.store)
+    if make is not None:  # the session's reference cache builds it on a check's first need
+        session.store_factory = lambda: setup.store
     config.stash[_SETUP_KEY] = setup
     return setup
 
@@ -115,17 +113,6 @@ def _folder_store(folder: Path | Callable[[], Path], update: bool) -> Callable[[
 def reference_setup(config: pytest.Config) -> ReferenceSetup:
     """This run's :class:`ReferenceSetup`."""
     return config.stash[_SETUP_KEY]
-
-
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Generator[None, Any, Any]:
-    """Record which test writes a reference (written into the file)."""
-    setup = item.config.stash.get(_SETUP_KEY, None)
-    if setup is not None:
-        setup.current_nodeid = item.nodeid
-        if setup.built_store is not None:
-            setup.built_store.current_nodeid = item.nodeid
-    return (yield)
 
 
 def find_unused(config: pytest.Config, whole_suite: str) -> None:

@@ -57,6 +57,7 @@ class CollectingHooks:
 
     def __init__(self, config: pytest.Config) -> None:
         self.facts = facts_of(config)
+        self.session = session_of(config)
 
     def pytest_deselected(self, items: list[pytest.Item]) -> None:
         self.facts.deselected += len(items)
@@ -68,7 +69,14 @@ class CollectingHooks:
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         self.facts.collector.set_order([item.nodeid for item in session.items])
 
+    @pytest.hookimpl(tryfirst=True)  # before JUnit XML and pytest-xdist read the report
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.when == "teardown":
+            self.session.current_item = None
+        elif report.failed and report.when == "call":
+            from pytest_mps.plugin.markers import note_crash
+
+            note_crash(report)
         self.facts.collector.add_report(report)
 
 

@@ -4,18 +4,18 @@ checks recorded. It lives in ``config.stash``; nothing is kept in module globals
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_mps.environment import MPSEnvironment, detect_environment
-from pytest_mps.options import Settings
-from pytest_mps.target import Target, TargetError, resolve_target
-
 if TYPE_CHECKING:
+    from pytest_mps.environment import MPSEnvironment
+    from pytest_mps.options import Settings
     from pytest_mps.pipelines import PipelineCache
     from pytest_mps.references import ReferenceCache
     from pytest_mps.results import CheckResult
+    from pytest_mps.target import Target
 
 __all__ = ["SESSION_KEY", "MPSSession", "session_of"]
 
@@ -32,12 +32,17 @@ class MPSSession:
         self.requested = self._requested(settings)
         self._target: Target | None = None
         self._environment: MPSEnvironment | None = None
+        self._cheap: MPSEnvironment | None = None
+        #: Builds the run's reference store when a check first needs a CPU reference.
+        self.store_factory: Callable[[], Any] | None = None
         self.results: list[CheckResult] = []
         self._pipelines: PipelineCache | None = None
         self._references: ReferenceCache | None = None
         self._emulation: Any = None
         #: warnings libraries raised during checks (not failures): "Category: message" -> where
         self.library_warnings: dict[str, list[str]] = {}
+        #: The test running now (from its setup to its teardown report), whose checks record with it.
+        self.current_item: pytest.Item | None = None
 
     @staticmethod
     def _requested(settings: Settings) -> str:
@@ -58,6 +63,8 @@ class MPSSession:
         """Resolve an explicit target now, so an unusable one is a usage error rather than a failure
         deep inside a test (``auto`` and ``cpu`` are resolved on first need: no torch at start-up)."""
         if self.requested not in ("auto", "cpu"):
+            from pytest_mps.target import TargetError
+
             try:
                 self.target  # noqa: B018 - resolving is the point: it raises TargetError early
             except TargetError as exc:
@@ -69,17 +76,27 @@ class MPSSession:
     def environment(self) -> MPSEnvironment:
         """The full environment (imports torch on macOS to ask MPS)."""
         if self._environment is None or not self._environment.probed:
+            from pytest_mps.environment import detect_environment
+
             self._environment = detect_environment(probe_torch=True)
         return self._environment
 
     def cheap_environment(self) -> MPSEnvironment:
         """The environment without importing torch (for the header)."""
-        return self._environment or detect_environment()
+        if self._environment is not None:
+            return self._environment
+        if self._cheap is None:
+            from pytest_mps.environment import detect_environment
+
+            self._cheap = detect_environment()
+        return self._cheap
 
     @property
     def target(self) -> Target:
         """The resolved target (``auto`` is resolved here, on first need)."""
         if self._target is None:
+            from pytest_mps.target import resolve_target
+
             self._target = resolve_target(self.requested, environment=lambda: self.environment)
         return self._target
 
@@ -174,6 +191,8 @@ class MPSSession:
             from pytest_mps.references import ReferenceCache
 
             self._references = ReferenceCache()
+            if self.store_factory is not None:
+                self._references.defer_store(self.store_factory)
         return self._references
 
     def record(self, item: pytest.Item | None, result: CheckResult) -> None:

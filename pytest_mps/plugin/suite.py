@@ -18,12 +18,12 @@ import pytest
 
 from pytest_mps.plugin.session import session_of
 from pytest_mps.plugin.terminal import SUITE_PROPERTY
-from pytest_mps.suite.settings import PipelineSpec, SuiteSettings, pipeline_specs
 
 if TYPE_CHECKING:
     from pytest_mps.isolation import WorkerPool
     from pytest_mps.options import Settings
     from pytest_mps.suite.runner import Outcome
+    from pytest_mps.suite.settings import PipelineSpec, SuiteSettings
     from pytest_mps.target import Target
 
 __all__ = ["SuiteCheck", "mps_suite", "mps_suite_pipeline"]
@@ -66,6 +66,7 @@ def install(config: pytest.Config) -> None:
         config.stash[_STATE] = SuiteState(specs=[], checks=checks)
         return
     from pytest_mps.pipelines import PipelineLoadError, check_folder
+    from pytest_mps.suite.settings import pipeline_specs
 
     for path in settings.pipelines:
         try:
@@ -82,6 +83,7 @@ def _state(config: pytest.Config) -> SuiteState:
 def suite_settings(config: pytest.Config) -> SuiteSettings:
     """How the suite's checks run, from the run's settings."""
     from pytest_mps.plugin.references import reference_setup
+    from pytest_mps.suite.settings import SuiteSettings
 
     session = session_of(config)
     settings = session.settings
@@ -164,6 +166,8 @@ def _suite_check(item: pytest.Item) -> str | None:
 
 def _suite_key(item: pytest.Item) -> tuple[str, str] | None:
     """(pipeline label, check) of a bundled-suite test with a pipeline."""
+    from pytest_mps.suite.settings import PipelineSpec
+
     callspec = getattr(item, "callspec", None)
     spec = callspec.params.get(_FIXTURE) if callspec is not None else None
     check = _suite_check(item)

@@ -134,16 +134,23 @@ def install_worker_lock(config: pytest.Config, session: MPSSession) -> None:
     config.stash[_LOCK_KEY] = DeviceLock(
         Path(folder) if folder else lock_folder(config), slots=slots, slot=index
     )
+    # Registered only here, in a worker with a lock: every other run pays nothing per test for it.
+    config.pluginmanager.register(LockHooks(), "pytest-mps-device-lock")
 
 
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Generator[None, Any, Any]:
-    """Hold the device lock around tests that use the real MPS device in a pytest-xdist worker."""
-    lock = item.config.stash.get(_LOCK_KEY, None)
-    if lock is not None and uses_device(item) and session_of(item.config).target.is_real_mps:
-        with lock.hold():
-            return (yield)
-    return (yield)
+class LockHooks:
+    """The per-test hook of a pytest-xdist worker that holds the device lock."""
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_protocol(
+        self, item: pytest.Item, nextitem: pytest.Item | None
+    ) -> Generator[None, Any, Any]:
+        """Hold the device lock around tests that use the real MPS device in a pytest-xdist worker."""
+        lock = item.config.stash.get(_LOCK_KEY, None)
+        if lock is not None and uses_device(item) and session_of(item.config).target.is_real_mps:
+            with lock.hold():
+                return (yield)
+        return (yield)
 
 
 class XdistHooks:

@@ -56,7 +56,8 @@ class ResultCollector:
         self.skip_reasons: dict[str, str] = {}
         #: the last line of the error of tests that failed without recording a result
         self.errors: dict[str, str] = {}
-        #: each test's string user properties (the last report's)
+        #: each test's string user properties (the last report's), for tests that have any or did not
+        #: pass
         self.properties: dict[str, dict[str, str]] = {}
 
     def add_report(self, report: Any) -> None:
@@ -65,6 +66,8 @@ class ResultCollector:
         nodeid = report.nodeid
         self.ran.add(nodeid)
         props = getattr(report, "user_properties", ())
+        if not props and report.passed and nodeid not in self.properties:
+            return  # a plain passing phase of a test that recorded nothing (most reports): nothing to keep
         self.properties[nodeid] = {str(k): v for k, v in props if isinstance(v, str)}
         if report.skipped:
             self.skipped.add(nodeid)

@@ -13,14 +13,33 @@ Importing this package imports nothing heavy.
 
 from __future__ import annotations
 
-from pytest_mps.suite.runner import InProcessRunner, Loaded, Outcome, load_for_suite, run_suite_check
-from pytest_mps.suite.settings import (
-    DEFAULT_TIMEOUT_S,
-    PipelineSpec,
-    SuiteSettings,
-    default_target_name,
-    pipeline_specs,
-)
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pytest_mps.suite.runner import InProcessRunner, Loaded, Outcome, load_for_suite, run_suite_check
+    from pytest_mps.suite.settings import (
+        DEFAULT_TIMEOUT_S,
+        PipelineSpec,
+        SuiteSettings,
+        default_target_name,
+        pipeline_specs,
+    )
+
+# Loaded on first use: the plugin imports ``pytest_mps.suite.settings`` at every start-up, and the
+# runner is needed only when the suite runs.
+_EXPORTS = {
+    "DEFAULT_TIMEOUT_S": "pytest_mps.suite.settings",
+    "InProcessRunner": "pytest_mps.suite.runner",
+    "Loaded": "pytest_mps.suite.runner",
+    "Outcome": "pytest_mps.suite.runner",
+    "PipelineSpec": "pytest_mps.suite.settings",
+    "SuiteSettings": "pytest_mps.suite.settings",
+    "default_target_name": "pytest_mps.suite.settings",
+    "load_for_suite": "pytest_mps.suite.runner",
+    "pipeline_specs": "pytest_mps.suite.settings",
+    "run_suite_check": "pytest_mps.suite.runner",
+}
 
 __all__ = [
     "DEFAULT_TIMEOUT_S",
@@ -34,3 +53,12 @@ __all__ = [
     "pipeline_specs",
     "run_suite_check",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'pytest_mps.suite' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
