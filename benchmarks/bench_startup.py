@@ -3,8 +3,9 @@
 A folder of trivial tests (500 by default: ``def test_i(): pass``) is run with ``python -m pytest -q``
 twice per round, once with the plugin and once with ``-p no:mps``, in alternating order, for several
 rounds after one untimed warm-up run of each (so both find byte code compiled and files in the page
-cache; ``PYTHONDONTWRITEBYTECODE`` is unset for the runs, as an installed package has byte code). Each run is a fresh process, as a user's is. Printed: the median wall time and the median CPU
-time (user + system, of the pytest process) of both, and their ratios. The goal is a ratio of at most
+cache; ``PYTHONDONTWRITEBYTECODE`` is unset for the runs, as an installed package has byte code). Each
+run is a fresh process, as a user's is. Printed: the median wall time and the median CPU time (user +
+system, of the pytest process) of both, and their ratios. The goal is a ratio of at most
 1.03 (issue 14). On a loaded machine the CPU time is the steadier of the two figures.
 
 ``--profile`` also prints which of pytest-mps's modules a plain run imports, and the plugin's

@@ -45,8 +45,30 @@ def tensor_state(module: Any, *, device: bool = False) -> tuple[Any, ...]:
     return tuple(state)
 
 
-def _module_digest(module: Any) -> str:
+#: Bytes of copied tensors waiting for a hashing thread at most (a device's weights are copied to the
+#: CPU one tensor at a time, in the calling thread: MPS is not safe to use from several threads).
+_IN_FLIGHT_BYTES = 1 << 29
+
+
+def _tensor_digest(name: str, data: Any) -> bytes:
+    """One tensor's digest (``data`` on the CPU, contiguous); blake2b releases the GIL while it hashes,
+    so several run at once in threads."""
     import torch
+
+    h = hashlib.blake2b(digest_size=16)
+    h.update(f"{name}|{data.dtype}|{tuple(data.shape)}|".encode())
+    if data.numel():
+        h.update(data.reshape(-1).view(torch.uint8).numpy())  # the buffer itself, not a copy
+    return h.digest()
+
+
+def _module_digest(module: Any) -> str:
+    """A content hash of ``module``'s parameters and buffers (by name, dtype, shape and bytes), cached
+    until they change. Each tensor is hashed on its own, in a thread pool, and the module's digest
+    hashes their digests in order."""
+    import os
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
 
     from pytest_mps.devices import plain_cpu
 
@@ -54,11 +76,28 @@ def _module_digest(module: Any) -> str:
     cached = _DIGESTS.get(module)
     if cached is not None and cached[0] == version:
         return cached[1]
-    h = hashlib.blake2b(digest_size=16)
-    for name, tensor in list(module.named_parameters()) + list(module.named_buffers()):
-        data = plain_cpu(tensor.detach().to("cpu")).contiguous()
-        h.update(f"{name}|{data.dtype}|{tuple(data.shape)}|".encode())
-        h.update(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"")
+    tensors = list(module.named_parameters()) + list(module.named_buffers())
+    budget = threading.BoundedSemaphore(max(1, _IN_FLIGHT_BYTES >> 20))
+    workers = max(1, min(8, os.cpu_count() or 1))
+
+    def job(name: str, data: Any, units: int) -> bytes:
+        try:
+            return _tensor_digest(name, data)
+        finally:
+            for _ in range(units):
+                budget.release()
+
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pytest-mps-digest") as pool:
+        futures = []
+        for name, tensor in tensors:
+            data = plain_cpu(tensor.detach().to("cpu")).contiguous()
+            units = min(max(1, _IN_FLIGHT_BYTES >> 20), max(1, (data.numel() * data.element_size()) >> 20))
+            for _ in range(units):
+                budget.acquire()
+            futures.append(pool.submit(job, name, data, units))
+        h = hashlib.blake2b(b"per-tensor-1", digest_size=16)
+        for future in futures:
+            h.update(future.result())
     digest = h.hexdigest()
     _DIGESTS[module] = (version, digest)
     return digest
