@@ -172,16 +172,43 @@ def _resolve_device(requested: str) -> str:
         raise _BadInput(str(exc).replace("--mps-device", "--device")) from None
 
 
+def _checked_by_worker(folder: Path, allow_pickle: bool, timeout: float | None) -> bool:
+    """Run the deep check of ``folder`` in the early worker (it imports torch and Diffusers anyway; this
+    process then never does): True when it answered valid; raises the one-line error when it answered
+    invalid; False when there is no worker or it could not answer (the check then runs here)."""
+    if "pytest_mps.isolation.worker_process" not in sys.modules:
+        return False
+    from pytest_mps.isolation.worker_process import early_worker
+    from pytest_mps.pipelines import PipelineLoadError
+
+    worker = early_worker()
+    if worker is None:
+        return False
+    got = worker.request(
+        {"op": "validate", "path": str(folder), "allow_pickle": allow_pickle},
+        timeout=timeout,
+        doing="validate",
+    )
+    if isinstance(got, dict) and isinstance(got.get("invalid"), str):
+        raise PipelineLoadError(got["invalid"])
+    return isinstance(got, dict) and got.get("valid") is True
+
+
 def _validate_paths(options: argparse.Namespace, paths: list[str], passthrough: list[str]) -> None:
+    """Refuse a folder that cannot be a safe, loadable pipeline: the quick checks here, the deep one
+    (every class resolved, every model built on the meta device against its weights) in the early
+    worker when there is one."""
     from pytest_mps.pipelines import PipelineLoadError, check_folder
 
     if not paths:
         raise _BadInput("give at least one pipeline folder, e.g. pytest-mps check fixtures/tiny-sd")
+    timeout = options.timeout or None
     for path in paths:
+        folder = Path(path).expanduser()
         try:
-            check_folder(
-                Path(path).expanduser(), allow_pickle=options.allow_pickle, verify_safetensors=True, deep=True
-            )
+            check_folder(folder, allow_pickle=options.allow_pickle)
+            if not _checked_by_worker(folder, options.allow_pickle, timeout):
+                check_folder(folder, allow_pickle=options.allow_pickle, verify_safetensors=True, deep=True)
         except PipelineLoadError as exc:
             hint = ""
             if passthrough and not Path(path).exists():

@@ -11,6 +11,8 @@ Requests and answers:
 
 - on start: ``{"event": "ready", "pid": ..., "seconds": ...}`` (after ``--preload`` imports torch and
   diffusers, so a spare worker can be started ahead of need);
+- ``{"op": "validate", "path": ..., "allow_pickle": ...}`` -> ``{"valid": true}`` or ``{"invalid": "<one
+  line>"}`` (the deep folder check of ``pytest-mps check``);
 - ``{"op": "load", "spec": ..., "settings": ..., "nodeid": ...}`` -> ``{"outcome": ...}``;
 - ``{"op": "check", "name": ..., "nodeid": ...}`` -> ``{"outcome": ...}``;
 - ``{"op": "exit"}`` -> ``{"event": "bye"}``, then the process exits;
@@ -92,6 +94,21 @@ def _serve(request: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
     from pytest_mps.suite.settings import PipelineSpec, SuiteSettings
 
     op = request.get("op")
+    if op == "validate":  # pytest-mps check's deep folder check, so that its own process imports no torch
+        from pathlib import Path
+
+        from pytest_mps.pipeline_folder import PipelineLoadError, check_folder
+
+        try:
+            check_folder(
+                Path(request["path"]),
+                allow_pickle=bool(request.get("allow_pickle")),
+                verify_safetensors=True,
+                deep=True,
+            )
+        except PipelineLoadError as exc:
+            return {"invalid": str(exc)}
+        return {"valid": True}
     if op == "load":
         # A worker serves one pipeline at a time: the previous one (a reused worker) goes first.
         runner.release(state.pop("loaded", None))

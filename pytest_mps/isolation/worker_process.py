@@ -334,6 +334,10 @@ class WorkerPool:
             spare.close(graceful=False)
         return self._new()
 
+    def spare(self) -> Worker | None:
+        """The worker the next :meth:`take` hands out, if one is up (it stays in the pool)."""
+        return self._spare if self._spare is not None and self._spare.alive else None
+
     def give_back(self, worker: Worker) -> None:
         """Keep ``worker`` for the next pipeline when it is alive and no spare is up; else stop it."""
         if worker.alive and (self._spare is None or not self._spare.alive):
@@ -368,6 +372,11 @@ def start_early_worker() -> None:
     if _EARLY is None:
         _EARLY = WorkerPool()
         _EARLY.prewarm()
+
+
+def early_worker() -> Worker | None:
+    """The worker :func:`start_early_worker` started, while it is up and nobody took its pool."""
+    return _EARLY.spare() if _EARLY is not None else None
 
 
 def take_early_pool() -> WorkerPool | None:

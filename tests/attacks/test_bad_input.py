@@ -305,3 +305,34 @@ def test_real_pipelines_pass_the_deep_check(fixture: str) -> None:
     """No false alarm: the bundled pipelines (with transformers components, optional components and
     plain arguments in model_index.json) pass."""
     check_folder(FIXTURES / fixture, allow_pickle=False, verify_safetensors=True, deep=True)
+
+
+_DEEP = {"unknown-pipeline-class", "unknown-diffusers-class", "weights-of-another-config"}
+
+
+@pytest.mark.parametrize(("fixture", "damage", "names", "says"), [p for p in ATTACKS if p.id in _DEEP])
+def test_check_with_isolation_refuses_it_the_same_way_from_its_worker(
+    broken: Callable[..., Path],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    fixture: str,
+    damage,
+    names: str,
+    says: str,
+) -> None:
+    """With crash isolation (check's default) the deep check runs in the early worker, whose torch and
+    Diffusers imports the run needs anyway: the refusal reads the same, and the worker is stopped."""
+    from pytest_mps import pipeline_folder
+    from pytest_mps.isolation import worker_process
+
+    deep_here: list[Path] = []
+    real = pipeline_folder.check_structure
+    monkeypatch.setattr(pipeline_folder, "check_structure", lambda path: (deep_here.append(path), real(path)))
+    folder = broken(fixture, damage)
+    status = cli.main(["check", str(folder), "--checks", "load"])
+    lines = "\n".join(capsys.readouterr()).strip().splitlines()
+    assert status == 2, lines[-3:]
+    assert len(lines) == 1 and lines[0].startswith("pytest-mps check: error: "), lines
+    assert str(folder / names) in lines[0] and says in lines[0], lines[0]
+    assert deep_here == []  # checked in the worker, not in this process
+    assert worker_process.early_worker() is None
