@@ -4,6 +4,7 @@ checks recorded. It lives in ``config.stash``; nothing is kept in module globals
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -114,9 +115,8 @@ class MPSSession:
         """Enter the emulated device when it is the target: emulated tensors must never meet torch's
         C++ kernels outside it, so it spans the whole session. Pipeline names start afresh: a name is
         unique within one session."""
-        from pytest_mps.identity import new_naming_scope
-
-        new_naming_scope()
+        if "pytest_mps.identity" in sys.modules:  # nothing was named yet otherwise (a cheap start-up)
+            sys.modules["pytest_mps.identity"].new_naming_scope()
         if self._target is not None and self._target.name == "emulated" and self._emulation is None:
             from pytest_mps.emulated_target import start_emulation
 
