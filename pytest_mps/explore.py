@@ -5,8 +5,9 @@ not multiples of 64, batches, several images per prompt, empty, long and non-ASC
 each on the target and on the CPU (``assert_cpu_parity`` by default), and on a divergence lets
 Hypothesis shrink it to the smallest input that still fails, which it reports as a readable dict. With
 a ``database`` folder a failure is stored and replayed first next time. Deterministic under a fixed
-``seed``, or under the ``pytest-mps-ci`` Hypothesis profile (derandomized, no database), which CI loads
-with ``pytest --hypothesis-profile=pytest-mps-ci`` (or ``settings.load_profile(CI_PROFILE)``).
+``seed`` (which wins over a loaded profile), or, unseeded, under the ``pytest-mps-ci`` Hypothesis
+profile (derandomized, no database), which CI loads with ``pytest --hypothesis-profile=pytest-mps-ci``
+(or ``settings.load_profile(CI_PROFILE)``), or Hypothesis's own ``ci`` profile.
 
 The result is computed, never raised (:class:`ExploreResult`); the bundled suite turns it into a check.
 """
@@ -186,8 +187,10 @@ def explore(
         database: a folder for Hypothesis's example database (failures replay first next time); None:
             no database. Ignored when derandomized.
         seed: fix Hypothesis's seed: the same examples every run, after the database's stored failures.
-        derandomize: derandomize (the CI profile's way to be deterministic); None: the loaded
-            Hypothesis profile decides.
+            A seed wins over a loaded profile's ``derandomize`` (as Hypothesis's own ``@seed`` does):
+            Hypothesis's built-in ``ci`` profile, loaded wherever ``CI`` is set, does not change it.
+        derandomize: derandomize (the CI profile's way to be deterministic); None: seeded when
+            ``seed`` is given, else the loaded Hypothesis profile decides.
         strategy: a strategy of call inputs; default :func:`pytest_mps.strategies.call_inputs` with
             ``strategy_options`` (``max_side``, ``max_batch``, ``max_images_per_prompt``, ``max_steps``...).
 
@@ -213,7 +216,7 @@ def explore(
     quiet = dataclasses.replace(context, record=None, references=ReferenceCache(max_entries=8))
     label = getattr(target, "label", None) or context.target.label
     parent = settings.default
-    derand = parent.derandomize if derandomize is None else derandomize
+    derand = _derandomized(seed, derandomize, parent.derandomize)
     db = DirectoryBasedExampleDatabase(os.fspath(database)) if database is not None and not derand else None
     calls: list[int] = []
     invalid: list[int] = []
@@ -288,6 +291,16 @@ def explore(
         _path(db, database),
         seed,
     )
+
+
+def _derandomized(seed: int | None, derandomize: bool | None, profile_derandomize: bool) -> bool:
+    """Whether an exploration is derandomized: the ``derandomize`` argument when given, else not when a
+    ``seed`` is given, else the loaded Hypothesis profile's setting (the one place this is decided)."""
+    if derandomize is not None:
+        return derandomize
+    if seed is not None:
+        return False
+    return bool(profile_derandomize)
 
 
 def _describe(inputs: Any) -> dict[str, Any]:

@@ -253,6 +253,28 @@ def test_the_ci_profile_is_derandomized_without_a_database(emulated: dict[str, A
     assert result.passed and result.database is None and not (tmp_path / "db").exists()
 
 
+def test_a_seed_wins_over_a_loaded_derandomizing_profile(pipes: dict[str, Any], tmp_path: Any) -> None:
+    # Hypothesis loads its own "ci" profile (derandomized, no database) wherever CI is set: a seeded
+    # exploration must stay the seeded one there, with its database; an unseeded one follows the profile.
+    def examples(**kwargs: Any) -> tuple[list[dict[str, Any]], Any]:
+        seen: list[dict[str, Any]] = []
+        found = explore(
+            pipes["tiny-sd"], 4, compare=lambda _pipe, inputs: seen.append(inputs.describe()), **kwargs
+        )
+        return seen, found
+
+    seeded, _ = examples(seed=3)
+    previous = settings._current_profile  # type: ignore[attr-defined]
+    settings.load_profile(CI_PROFILE)
+    try:
+        under_profile, found = examples(seed=3, database=tmp_path / "db")
+        unseeded, plain = examples(database=tmp_path / "db2")
+    finally:
+        settings.load_profile(previous)
+    assert under_profile == seeded and found.database == str(tmp_path / "db") and found.seed == 3
+    assert plain.database is None and not (tmp_path / "db2").exists() and unseeded != seeded
+
+
 def test_the_readme_example_runs_and_needs_its_health_check_setting(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:
