@@ -5,23 +5,63 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
-__all__ = ["emulation_active", "emulation_unavailable_reason"]
+__all__ = [
+    "cannot_load_reason",
+    "emulated_device",
+    "emulation_active",
+    "emulation_unavailable_reason",
+    "start_emulation",
+]
 
 
 def emulation_unavailable_reason() -> str | None:
-    """Why ``--mps-device emulated`` cannot be used, or None when it can."""
+    """Why ``--mps-device emulated`` cannot be used, or None when it can.
+
+    Where torch is imported already, the emulation engine is imported (importing it is the test).
+    Where it is not, the answer comes without importing it (a process that only hands the work to a
+    worker, such as ``pytest-mps check``'s, then never imports torch): whether torch is installed at
+    all. The engine's own import proves the rest where the emulation starts, and an ``ImportError``
+    there fails the work that needed it, never passes it.
+    """
+    import sys
+
+    if "torch" not in sys.modules:
+        import importlib.util
+
+        if importlib.util.find_spec("torch") is None:
+            return "torch is not installed here (the emulation runs on torch's CPU kernels); install torch"
+        return None
     try:
         import pytest_mps.emulation.emulator  # noqa: F401 - importing it is the test
     except ImportError as exc:  # e.g. a torch too old for wrapper subclasses
-        return f"the MPS emulation cannot load here ({exc}); use --mps-device cpu or cuda"
+        return cannot_load_reason(exc)
     return None
 
 
-def start_emulation() -> contextlib.AbstractContextManager[Any]:
-    """Enter the emulated MPS device for a whole session; the returned object is exited at its end."""
-    from pytest_mps.emulation import EmulatedMPS
+def cannot_load_reason(exc: ImportError) -> str:
+    """The one line that says the emulation engine failed to import, and what to use instead."""
+    return f"the MPS emulation cannot load here ({exc}); use --mps-device cpu or cuda"
 
-    emulation = EmulatedMPS()
+
+def emulated_device() -> contextlib.AbstractContextManager[Any]:
+    """A new (not yet entered) ``EmulatedMPS``.
+
+    Raises:
+        TargetError: the emulation engine cannot be imported here (the reason, in one line).
+    """
+    try:
+        from pytest_mps.emulation import EmulatedMPS
+    except ImportError as exc:
+        from pytest_mps.target import TargetError
+
+        raise TargetError(f"--mps-device emulated: {cannot_load_reason(exc)}") from exc
+    return EmulatedMPS()
+
+
+def start_emulation() -> contextlib.AbstractContextManager[Any]:
+    """Enter the emulated MPS device for a whole session; the returned object is exited at its end
+    (:class:`~pytest_mps.target.TargetError` where the engine cannot be imported)."""
+    emulation = emulated_device()
     emulation.__enter__()
     return emulation
 

@@ -446,3 +446,28 @@ def test_the_suite_takes_the_early_worker() -> None:
         assert early is not None and early.started == 1
     finally:
         state.worker_pool().close()
+
+
+def test_an_emulated_check_imports_no_torch_in_its_own_process_and_still_emulates() -> None:
+    """With crash isolation (check's default) the workers enter the emulated device around their own
+    work; the command's process, which only hands the work over, never imports torch or Diffusers."""
+    script = (
+        "import sys\n"
+        "from pytest_mps import cli\n"
+        "status = cli.main(sys.argv[1:])\n"
+        "heavy = [m for m in ('torch', 'diffusers', 'numpy') if m in sys.modules]\n"
+        "print('HEAVY=' + ','.join(heavy))\n"
+        "sys.exit(status)\n"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    args = ["check", str(FIXTURES / "tiny-ddpm"), "--device", "emulated", "--checks", "load,audit"]
+    done = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "HEAVY=\n" in done.stdout, done.stdout[-500:]
+    assert "ok 0 hazards" in done.stdout and "pre-check passed (emulated)" in done.stdout
+    # Without isolation the work runs here, in the session's emulated device.
+    done = subprocess.run(
+        [sys.executable, "-c", script, *args, "--no-isolate"], capture_output=True, text=True, env=env
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "HEAVY=torch,diffusers,numpy" in done.stdout and "ok 0 hazards" in done.stdout

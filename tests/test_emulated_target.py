@@ -3,6 +3,9 @@ faults are caught, and an emulated Metal abort is a reported crash, not a dead p
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from conftest import FIXTURES
@@ -203,3 +206,34 @@ def test_readme_first_test_runs_on_the_emulated_target(pytester: pytest.Pytester
     # emulated device are what the newest torch broke.
     result = pytester.runpytest("--mps-device", "emulated", "--strict-markers", "-k", "test_matches_cpu")
     result.assert_outcomes(passed=1, deselected=1)
+
+
+def test_the_emulation_without_its_engine_is_one_line_with_a_hint(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pytest_mps.emulated_target import emulated_device, emulation_unavailable_reason
+    from pytest_mps.target import TargetError
+
+    monkeypatch.setitem(sys.modules, "pytest_mps.emulation", None)  # importing it raises ImportError
+    with pytest.raises(TargetError) as raised:
+        emulated_device()
+    message = str(raised.value)
+    assert message.startswith("--mps-device emulated: the MPS emulation cannot load here (")
+    assert message.endswith("use --mps-device cpu or cuda") and "\n" not in message
+    monkeypatch.delitem(sys.modules, "pytest_mps.emulation.emulator", raising=False)
+    reason = emulation_unavailable_reason()  # torch is imported here: the engine's import is the test
+    assert reason is not None and reason.startswith("the MPS emulation cannot load here (")
+    assert reason.endswith("); use --mps-device cpu or cuda")
+
+
+def test_without_torch_imported_the_emulation_is_judged_by_whether_torch_is_installed() -> None:
+    script = (
+        "import importlib.util, sys\n"
+        "from pytest_mps.emulated_target import emulation_unavailable_reason\n"
+        "print(repr(emulation_unavailable_reason()), 'torch' in sys.modules)\n"
+        "real = importlib.util.find_spec\n"
+        "importlib.util.find_spec = lambda name, *a: None if name == 'torch' else real(name, *a)\n"
+        "print(repr(emulation_unavailable_reason()), 'torch' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    installed, missing = done.stdout.splitlines()
+    assert installed == "None False"
+    assert missing.endswith("False") and "torch is not installed here" in missing

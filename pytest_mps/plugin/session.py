@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -117,10 +118,36 @@ class MPSSession:
         unique within one session."""
         if "pytest_mps.identity" in sys.modules:  # nothing was named yet otherwise (a cheap start-up)
             sys.modules["pytest_mps.identity"].new_naming_scope()
-        if self._target is not None and self._target.name == "emulated" and self._emulation is None:
+        if (
+            self._target is not None
+            and self._target.name == "emulated"
+            and self._emulation is None
+            and not self._only_isolated_suite()
+        ):
             from pytest_mps.emulated_target import start_emulation
+            from pytest_mps.target import TargetError
 
-            self._emulation = start_emulation()
+            try:
+                self._emulation = start_emulation()
+            except TargetError as exc:
+                raise pytest.UsageError(str(exc)) from None
+
+    def _only_isolated_suite(self) -> bool:
+        """Whether this session runs nothing but the bundled suite, in worker processes (``pytest-mps
+        check``'s default): each worker enters the emulated device around its own work (the suite
+        runner's ``target_scope``), so this process needs none, and imports no torch."""
+        if not self.settings.isolate or not self.config.args:
+            return False
+        import pytest_mps.suite
+
+        suite = Path(pytest_mps.suite.__file__).resolve().parent
+        rootpath = self.config.invocation_params.dir
+        for arg in self.config.args:
+            path = Path(arg.split("::", 1)[0])
+            path = (path if path.is_absolute() else rootpath / path).resolve()
+            if path != suite and suite not in path.parents:
+                return False
+        return True
 
     @property
     def emulation(self) -> Any:

@@ -76,12 +76,10 @@ def target_scope(target: Target) -> Iterator[None]:
     """Activate the emulated MPS device around work on an ``emulated`` target (unless it is active
     already); a no-op for every other target."""
     if target.name == "emulated":
-        from pytest_mps.emulated_target import emulation_active
+        from pytest_mps.emulated_target import emulated_device, emulation_active
 
         if not emulation_active():
-            from pytest_mps.emulation import EmulatedMPS
-
-            with EmulatedMPS():
+            with emulated_device():
                 yield
             return
     yield
