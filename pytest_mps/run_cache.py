@@ -137,6 +137,34 @@ def _resolved(cls: type, name: str) -> Any:
     return next((k.__dict__[name] for k in cls.__mro__ if name in k.__dict__), None)
 
 
+def _walk(root: Any) -> list[Any]:
+    """``root.modules()`` in the same order (pre-order, each module once), without the generator
+    recursion and name building of ``named_modules``: the key is read before every run."""
+    out: list[Any] = []
+    seen: set[int] = set()
+    stack = [root]
+    while stack:
+        module = stack.pop()
+        if id(module) in seen:
+            continue
+        seen.add(id(module))
+        out.append(module)
+        children = [child for child in module._modules.values() if child is not None]
+        stack.extend(reversed(children))
+    return out
+
+
+def _no_torch_function() -> Any:
+    """A context in which torch ops skip ``__torch_function__`` handling (the emulated device's mode
+    among it): the key's own reads of plain CPU tensors need none of it."""
+    import contextlib
+
+    import torch
+
+    disable = getattr(torch._C, "DisableTorchFunction", None)
+    return disable() if disable is not None else contextlib.nullcontext()
+
+
 def _extras(modules: list[tuple[str, Any]]) -> tuple[list[Any], str]:
     """What :func:`pytest_mps.keys.session_fingerprint` does not see, in one walk over the modules:
 
@@ -155,10 +183,11 @@ def _extras(modules: list[tuple[str, Any]]) -> tuple[list[Any], str]:
     attributes: list[Any] = []
     classes: dict[type, int] = {}
     groups: dict[Any, list[Any]] = {}
+    plain_types = (torch.Tensor, torch.nn.Parameter)
     readable = True
     with torch.no_grad():
         for name, component in modules:
-            for index, sub in enumerate(component.modules()):
+            for index, sub in enumerate(_walk(component)):
                 plain = [(k, v) for k, v in sub.__dict__.items() if k not in internals and _plain(v)]
                 if plain:
                     attributes.append((name, index, plain))
@@ -175,17 +204,16 @@ def _extras(modules: list[tuple[str, Any]]) -> tuple[list[Any], str]:
                         continue
                     try:
                         tensor = plain_cpu(parameter)
-                        if type(tensor) not in (torch.Tensor, torch.nn.Parameter):
+                        if type(tensor) not in plain_types:
                             tensor = plain_cpu(parameter.detach())
-                        flat = tensor.detach().reshape(-1)
+                        count = tensor.numel()
+                        if count:
+                            flat = tensor.detach().reshape(-1)
+                            step = max(1, count // SAMPLES_PER_TENSOR)
+                            groups.setdefault(flat.dtype, []).append(flat[: step * SAMPLES_PER_TENSOR : step])
                     except (RuntimeError, NotImplementedError, TypeError):
                         readable = False
                         break
-                    count = flat.numel()
-                    if count:
-                        groups.setdefault(flat.dtype, []).append(
-                            flat[:: max(1, count // SAMPLES_PER_TENSOR)][:SAMPLES_PER_TENSOR]
-                        )
         attributes.append(sorted((f"{c.__module__}.{c.__qualname__}", i) for c, i in classes.items()))
         if not readable:
             return attributes, "unreadable"
@@ -205,8 +233,10 @@ def pipeline_state(pipe: Any) -> str:
     weights, dtype, hooks, processors, attributes, module code or scheduler change."""
     from pytest_mps.keys import session_fingerprint
 
-    attributes, sample = _extras(_modules(pipe))
-    text = json.dumps([session_fingerprint(pipe), attributes, sample], default=repr)
+    with _no_torch_function():
+        attributes, sample = _extras(_modules(pipe))
+        session = session_fingerprint(pipe)
+    text = json.dumps([session, attributes, sample], default=repr)
     return "state:" + hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
 
 

@@ -128,6 +128,27 @@ def test_a_changed_pipeline_is_never_served_a_stale_run(change) -> None:
     np.testing.assert_array_equal(after.run.array, fresh(pipe))
 
 
+@pytest.mark.parametrize(
+    "change", [_data_edit, _no_grad_edit, _attribute], ids=lambda f: f.__name__.strip("_")
+)
+def test_the_state_key_sees_changes_on_the_emulated_device_too(change) -> None:
+    """The key reads the weights with torch-function handling off (the emulated device's mode among
+    it): a ``.data`` edit of an emulated tensor still changes it, and an unchanged pipeline keeps it."""
+    from pytest_mps.emulation import EmulatedMPS
+    from pytest_mps.run_cache import pipeline_state
+
+    pipe = load()
+    with EmulatedMPS():
+        pipe.to("mps")
+        try:
+            before = pipeline_state(pipe)
+            assert pipeline_state(pipe) == before
+            change(pipe)
+            assert pipeline_state(pipe) != before
+        finally:
+            pipe.to("cpu")
+
+
 def test_another_dtype_is_a_fresh_run_and_the_restored_pipeline_reuses_again() -> None:
     pipe = load()
     with session() as ctx:
