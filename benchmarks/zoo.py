@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "tests"), str(ROOT)]
 
 import zoo  # noqa: E402
-from zoo.checking import CheckRunError, failed_checks, run_check  # noqa: E402
+from zoo.checking import CheckRunError, check_statuses, failed_checks, run_check  # noqa: E402
 
 DOC = ROOT / "docs" / "diffusers-status.md"
 
@@ -49,11 +49,13 @@ class Row:
     seconds: float
     error: str = ""
     said: str = ""  # pytest-mps's own verdict (pytest_mps.verdict.pipeline_verdict) from the report
+    statuses: dict[str, str] | None = None  # check -> result status, from the report
 
     @property
     def as_expected(self) -> bool:
-        """The failed checks are the ones the zoo expects today, for the recorded causes."""
-        return not self.error and not self.entry.judge(self.failed)
+        """The failed checks are the ones the zoo expects today, for the recorded causes, with the
+        statuses the zoo's verdict means."""
+        return not self.error and not self.entry.judge(self.failed, self.statuses)
 
     @property
     def verdict(self) -> str:
@@ -90,7 +92,13 @@ def run_entry(entry: zoo.ZooEntry, workdir: Path) -> Row:
     except CheckRunError as exc:
         return Row(entry, {}, time.perf_counter() - start, str(exc))
     said = next((r["verdict"] for r in report.get("pipelines", ()) if r.get("pipeline") == entry.name), "")
-    return Row(entry, failed_checks(report, entry.name), time.perf_counter() - start, said=said)
+    return Row(
+        entry,
+        failed_checks(report, entry.name),
+        time.perf_counter() - start,
+        said=said,
+        statuses=check_statuses(report, entry.name),
+    )
 
 
 def _versions() -> str:
@@ -116,7 +124,8 @@ def table(rows: list[Row]) -> list[str]:
     ]
     for row in rows:
         entry = row.entry
-        mark = "yes" if row.as_expected else "**NO**: " + "; ".join(entry.judge(row.failed) or [row.error])
+        problems = entry.judge(row.failed, row.statuses) or [row.error]
+        mark = "yes" if row.as_expected else "**NO**: " + "; ".join(problems)
         lines.append(
             f"| `{entry.pipeline}` | {entry.name} | {entry.kind} | {_cell(row.verdict)} | "
             f"{_cell(row.label)} | {_cell(mark)} | {row.seconds:.1f} |"

@@ -60,7 +60,9 @@ class CheckSpec:
         standin_tolerance: overrides on stand-in targets (a figure set to ``None`` is reported, not
             judged there).
         cross_check: when it fails on the target, run it again on the CPU: a failure there too is
-            "fails on the CPU too: not an MPS problem".
+            "fails on the CPU too: not an MPS problem". A check without it whose failure is an
+            exception the pipeline's call raised has that call run once on the CPU instead
+            (:func:`pytest_mps.checks.common.cross_check_call`).
         localizes: when it fails on the target only, say where the divergence starts
             (:func:`pytest_mps.localize`: the first step and the module that introduces the error).
         only_on: the targets it runs on (``None``: every target).

@@ -120,3 +120,59 @@ def test_absolute_limits_are_relative_to_outputs_that_are_not_images() -> None:
     assert judge(embeddings + 0.05, embeddings, limit)[1] == []
     image = np.linspace(0, 1, 48, dtype=np.float32).reshape(1, 4, 4, 3)
     assert output_scale(image) == 1.0 and judge(image + 0.05, image, limit)[1]
+
+
+def _raises(pipe: Any, *, only_on_target: bool) -> None:
+    """The pipeline's own exception (not an MPS rule): everywhere, or only where tensors are not on
+    the CPU."""
+
+    def hook(_module: Any, args: Any) -> None:
+        if not only_on_target or args[0].device.type != "cpu":
+            raise NotImplementedError("decoding without tiling is not implemented")
+
+    pipe.unet.register_forward_pre_hook(hook)
+
+
+@pytest.mark.parametrize("check", ["audit", "speed"])
+def test_checks_not_rerun_whole_ask_the_cpu_when_the_call_raised(emulated: CheckContext, check: str) -> None:
+    """The audit and the speed check are not re-run on the CPU as a whole; when their failure is the
+    pipeline's own exception, the call is run once on the CPU: raising there too is not MPS's."""
+    from pytest_mps.registry import CHECKS
+    from pytest_mps.suite.suite_checks import check_audit, check_speed
+
+    assert not CHECKS[check].cross_check
+    run = {"audit": check_audit, "speed": check_speed}[check]
+    everywhere = _pipe()
+    _raises(everywhere, only_on_target=False)
+    result = run(everywhere)
+    assert result.status is Status.CPU_TOO, result.failures
+    assert result.failures[0].startswith("fails on the CPU too (raised NotImplementedError: decoding")
+    assert result.details["cpu_cross_check"]["status"] == "failed"
+    assert everywhere.device.type == "mps"
+
+    target_only = _pipe()
+    _raises(target_only, only_on_target=True)
+    result = run(target_only)
+    assert result.status is Status.FAILED, result.failures
+    assert result.details["cpu_cross_check"] == {"status": "passed", "summary": "the call runs on the CPU"}
+    assert not result.failures[0].startswith("fails on the CPU too")
+
+
+def test_an_audit_that_found_an_mps_hazard_is_not_excused_by_the_cpu(emulated: CheckContext) -> None:
+    """A float64 tensor on the target is MPS's problem even when the call then fails everywhere."""
+    import torch
+
+    from pytest_mps.suite.suite_checks import check_audit
+
+    pipe = _pipe()
+
+    def hook(_module: Any, args: Any) -> None:
+        if args[0].device.type != "cpu":
+            args[0].to(torch.float64)
+        raise NotImplementedError("decoding without tiling is not implemented")
+
+    pipe.unet.register_forward_pre_hook(hook)
+    result = check_audit(pipe)
+    assert result.status is Status.FAILED, result.failures
+    assert "cpu_cross_check" not in result.details
+    assert any("float64" in line for line in result.failures), result.failures

@@ -32,8 +32,10 @@ if TYPE_CHECKING:
     import numpy as np
 
 __all__ = [
+    "CALL_RAISED",
     "asserting",
     "cpu_reference",
+    "cross_check_call",
     "first_line",
     "judge",
     "new_result",
@@ -256,6 +258,42 @@ def cross_check(
         result.failures.insert(0, f"fails on the CPU too ({on_cpu.summary}): not an MPS problem")
 
 
+#: ``details`` key a check sets when its failure is an exception the pipeline's own call raised on the
+#: target without the check raising it (the hazard audit records it as a finding): :func:`run_check`
+#: then asks whether the call raises on the CPU too.
+CALL_RAISED = "call_raised"
+
+
+def raises_on_cpu(pipe: Any, options: dict[str, Any]) -> str | None:
+    """Run the check's call (its ``inputs`` option, as :func:`~pytest_mps.input_spec.call_inputs`
+    builds it) once on the CPU, with plain CPU arithmetic: what it raised there ("NotImplementedError:
+    ..."), or None when it ran."""
+    from pytest_mps.emulated_target import cpu_arithmetic
+    from pytest_mps.input_spec import call_inputs
+    from pytest_mps.target import Target
+
+    try:
+        with moved(pipe, "cpu"), cpu_arithmetic():
+            run_pipeline(pipe, call_inputs(pipe, options.get("inputs")), Target("cpu", "cross-check"))
+    except Exception as exc:
+        return f"raised {type(exc).__name__}: {first_line(exc)}"
+    return None
+
+
+def cross_check_call(pipe: Any, ctx: CheckContext, options: dict[str, Any], result: CheckResult) -> None:
+    """For a check that is not re-run whole on the CPU (the registry's ``cross_check``), whose failure
+    is an exception the pipeline's call raised: when the same call raises on the CPU too, the result
+    says "fails on the CPU too: not an MPS problem" (a pipeline that cannot run these inputs anywhere)."""
+    raised = raises_on_cpu(pipe, options)
+    result.details["cpu_cross_check"] = {
+        "status": Status.FAILED.value if raised else Status.PASSED.value,
+        "summary": raised or "the call runs on the CPU",
+    }
+    if raised:
+        result.status = Status.CPU_TOO
+        result.failures.insert(0, f"fails on the CPU too ({raised}): not an MPS problem")
+
+
 #: The least time the localisation of a failure may take (seconds), however fast the check was.
 LOCALIZE_MIN_SECONDS = 2.0
 
@@ -297,12 +335,14 @@ def run_check(check: str, compute: Compute, pipe: Any, ctx: CheckContext, **opti
     result = _guarded(check, compute, pipe, ctx, options)
     if (
         result.status is Status.FAILED
-        and spec.cross_check
         and ctx.cross_check
         and ctx.target.available
         and ctx.target.name != "cpu"
     ):
-        cross_check(check, compute, pipe, ctx, options, result)
+        if spec.cross_check:
+            cross_check(check, compute, pipe, ctx, options, result)
+        elif result.exception is not None or result.details.get(CALL_RAISED):
+            cross_check_call(pipe, ctx, options, result)
     if result.status is Status.FAILED and spec.localizes and ctx.localize and result.exception is None:
         localize_failure(check, pipe, ctx, options, result)
     result.nodeid = result.nodeid or ctx.nodeid

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pytest_mps.checks.common import new_result, run_check
+from pytest_mps.checks.common import CALL_RAISED, new_result, run_check
 from pytest_mps.context import CheckContext, current_context
 from pytest_mps.input_spec import Inputs, InputSpec, call_inputs
 from pytest_mps.protocols import Pipeline
@@ -87,6 +87,9 @@ def _audit(pipe: Any, ctx: CheckContext, *, inputs: Inputs) -> CheckResult:
     bad = report.with_severity("abort", "error")
     counts = {s: len(report.with_severity(s)) for s in ("abort", "error", "fallback", "warning")}
     result.failures += [f"[{f.severity}] {f.message}" for f in bad]
+    if bad and all(f.kind == "exception" for f in bad):
+        # Only the call's own exception, no MPS rule broken before it: run_check asks the CPU.
+        result.details[CALL_RAISED] = True
     if not report.completed and not bad:
         result.failures.append(f"the audited run stopped: {report.stopped_by}")
     result.details.update(

@@ -93,11 +93,18 @@ class ZooEntry:
         :attr:`harness`."""
         return self.failing + tuple(check for check, _ in self.harness if check not in self.failing)
 
-    def judge(self, failed: dict[str, list[str]]) -> list[str]:
+    def judge(self, failed: dict[str, list[str]], statuses: dict[str, str] | None = None) -> list[str]:
         """How the failed checks of a ``pytest-mps check`` run (check name -> failure lines) differ from
         what this entry expects today (:attr:`failing_today`, with :attr:`cause` in their messages and
-        each :attr:`harness` phrase in its check's); empty when they match."""
+        each :attr:`harness` phrase in its check's); with ``statuses`` (check name -> result status),
+        also whether each expected failure has its verdict's status (``cpu_too`` for a failure on the
+        CPU too, ``failed`` for an MPS hazard); empty when they match."""
         problems = []
+        expected = {CPU_TOO: "cpu_too", MPS_HAZARD: "failed"}.get(self.verdict)
+        if statuses is not None and expected is not None:
+            wrong = {c: statuses.get(c) for c in self.failing if statuses.get(c) != expected}
+            if wrong:
+                problems.append(f"expected status {expected!r}, got {wrong}")
         if set(failed) != set(self.failing_today):
             unexpected = sorted(set(failed) - set(self.failing_today))
             missing = sorted(set(self.failing_today) - set(failed))

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["REPO", "CheckRunError", "failed_checks", "run_check"]
+__all__ = ["REPO", "CheckRunError", "check_statuses", "failed_checks", "run_check"]
 
 #: The repository root (the checking process runs there, with it first on ``PYTHONPATH``).
 REPO = Path(__file__).resolve().parents[2]
@@ -27,6 +27,12 @@ def failed_checks(report: dict[str, Any], label: str) -> dict[str, list[str]]:
         if row["pipeline"] == label and row["outcome"] == "failed":
             failed[row["check"]] = list(row["failures"]) or [row.get("summary") or "failed"]
     return failed
+
+
+def check_statuses(report: dict[str, Any], label: str) -> dict[str, str]:
+    """Every suite check's result status (``passed``, ``failed``, ``cpu_too``...) of pipeline ``label``
+    in a ``--mps-report-json`` report."""
+    return {row["check"]: row["status"] for row in report["checks"] if row["pipeline"] == label}
 
 
 def run_check(
