@@ -10,6 +10,8 @@ __all__ = [
     "emulated_device",
     "emulation_active",
     "emulation_unavailable_reason",
+    "note_counts",
+    "note_lines",
     "start_emulation",
 ]
 
@@ -85,6 +87,23 @@ def cpu_arithmetic() -> contextlib.AbstractContextManager[None]:
     if suspended is not None and emulation_active():
         return suspended()
     return contextlib.nullcontext()
+
+
+def note_counts(findings: Any) -> dict[str, int]:
+    """The emulated device's notes among ``findings``: warnings and CPU fallbacks (they do not raise on
+    a Mac either, but cost speed or portability), one line each with how often it was seen."""
+    counts: dict[str, int] = {}
+    for finding in findings:
+        if finding.severity in ("warning", "fallback"):
+            where = " in ".join(p for p in (finding.module, finding.source) if p) or "unknown location"
+            line = f"{finding.severity}: {finding.kind} {finding.op} at {where}"
+            counts[line] = counts.get(line, 0) + getattr(finding, "count", 1)
+    return counts
+
+
+def note_lines(counts: dict[str, int]) -> list[str]:
+    """:func:`note_counts` as lines, repeats folded ("... (x3)")."""
+    return [f"{line} (x{count})" if count > 1 else line for line, count in counts.items()]
 
 
 def audit_hazards(pipe: Any, inputs: dict[str, Any]) -> list[str]:

@@ -381,3 +381,23 @@ def test_isolated_workers_use_the_sessions_reference_store(tmp_path: Path) -> No
     second = subprocess.run(command, capture_output=True, text=True, env=env, timeout=240)
     assert second.returncode == 0, second.stdout + second.stderr
     assert "references: 1 loaded, 0 written, 0 rewritten" in second.stdout
+
+
+def test_emulated_device_notes_of_isolated_workers_reach_the_summary() -> None:
+    """A CPU fallback the emulated device notes inside a worker's check is listed in the run's summary
+    (the command's own process, which runs no check, has no emulated device of its own)."""
+    env = {**os.environ, crash_probe.ENV_VARIABLE: "inference=fallback", "OMP_NUM_THREADS": "1"}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (crash_probe.FOLDER, env.get("PYTHONPATH", "")) if p)
+    command = [sys.executable, "-m", "pytest_mps", "check", str(FIXTURES / "tiny-ddpm")]
+    command += ["--device", "emulated", "--checks", "load,inference"]
+    env["PYTORCH_ENABLE_MPS_FALLBACK"] = "1"
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    lines = done.stdout.splitlines()
+    start = lines.index("emulated-MPS notes (no error on a Mac, but slower or less portable):")
+    assert lines[start + 1].startswith("  fallback: ") and "adaptive_avg_pool3d" in lines[start + 1]
+    # Without the fallback variable the same op is MPS's NotImplementedError, a failure of the check.
+    env.pop("PYTORCH_ENABLE_MPS_FALLBACK")
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 1 and "emulated-MPS notes" not in done.stdout
+    assert "is not currently implemented for the MPS device" in done.stdout

@@ -154,18 +154,14 @@ class MPSSession:
         """The session's active ``EmulatedMPS``, or None."""
         return self._emulation
 
-    def emulation_notes(self) -> list[str]:
-        """Warnings and CPU fallbacks the emulated device recorded (they do not raise on a Mac
-        either, but cost speed or portability), one line each, repeats folded."""
+    def emulation_note_counts(self) -> dict[str, int]:
+        """Warnings and CPU fallbacks the session's emulated device recorded (see
+        :func:`pytest_mps.emulated_target.note_counts`)."""
         if self._emulation is None:
-            return []
-        lines: dict[str, int] = {}
-        for finding in self._emulation.findings:
-            if finding.severity in ("warning", "fallback"):
-                where = " in ".join(p for p in (finding.module, finding.source) if p) or "unknown location"
-                line = f"{finding.severity}: {finding.kind} {finding.op} at {where}"
-                lines[line] = lines.get(line, 0) + getattr(finding, "count", 1)
-        return [f"{line} (x{count})" if count > 1 else line for line, count in lines.items()]
+            return {}
+        from pytest_mps.emulated_target import note_counts
+
+        return note_counts(self._emulation.findings)
 
     def stop(self) -> None:
         """Drop cached pipelines and leave the emulated device, restoring torch as it was."""

@@ -60,6 +60,24 @@ def _suite_rows(config: pytest.Config) -> tuple[list[str], dict[str, list[dict[s
     return labels, results, skips, errors
 
 
+def _emulation_notes(session: Any, collector: Any) -> list[str]:
+    """The emulated device's notes of the whole run: the session's device, and the devices checks
+    entered for themselves (isolated workers), carried in their results."""
+    from pytest_mps.suite.runner import EMULATION_NOTES
+
+    counts = dict(session.emulation_note_counts())
+    for _, _, data in collector.records():
+        carried = (data.get("details") or {}).get(EMULATION_NOTES)
+        if isinstance(carried, dict):
+            for line, count in carried.items():
+                counts[str(line)] = counts.get(str(line), 0) + (count if isinstance(count, int) else 1)
+    if not counts:
+        return []
+    from pytest_mps.emulated_target import note_lines
+
+    return note_lines(counts)
+
+
 def summary(terminalreporter: Any, config: pytest.Config) -> None:
     """Everything pytest-mps prints at the end of the run."""
     from pytest_mps.plugin.references import reference_lines
@@ -97,7 +115,7 @@ def summary(terminalreporter: Any, config: pytest.Config) -> None:
             terminalreporter.write_line(
                 "speed is information only on a stand-in: only real MPS is judged against the CPU"
             )
-    notes = session.emulation_notes()
+    notes = _emulation_notes(session, collector)
     if session.library_warnings:
         terminalreporter.section("pytest-mps: warnings raised inside libraries during checks")
         terminalreporter.write_line("(not failures, whatever -W says; each shown once)")

@@ -72,17 +72,33 @@ def skipped(name: str, spec: PipelineSpec, target: Target | None, reason: str, n
 
 
 @contextlib.contextmanager
-def target_scope(target: Target) -> Iterator[None]:
+def target_scope(target: Target) -> Iterator[Any]:
     """Activate the emulated MPS device around work on an ``emulated`` target (unless it is active
-    already); a no-op for every other target."""
+    already); a no-op for every other target. Yields the emulated device entered here, or None."""
     if target.name == "emulated":
         from pytest_mps.emulated_target import emulated_device, emulation_active
 
         if not emulation_active():
-            with emulated_device():
-                yield
+            with emulated_device() as emulation:
+                yield emulation
             return
-    yield
+    yield None
+
+
+#: ``details`` key of the emulated device's notes (line -> count) during a check run in its own scope.
+EMULATION_NOTES = "emulation_notes"
+
+
+def keep_emulation_notes(result: Any, emulation: Any) -> None:
+    """Put the notes of an emulated device entered for this work alone into ``result.details`` (a
+    worker's notes reach the parent's summary this way; the session's own device is read there)."""
+    if emulation is None:
+        return
+    from pytest_mps.emulated_target import note_counts
+
+    counts = note_counts(emulation.findings)
+    if counts:
+        result.details[EMULATION_NOTES] = counts
 
 
 def from_library(filename: str) -> bool:
@@ -171,13 +187,16 @@ def load_for_suite(
             target = resolve_target(settings.device)
             loaded.target = target
             result.target, result.real_mps = target.label, target.is_real_mps
-            with target_scope(target):
-                pipe = prepare_pipeline(load_pipeline(spec.path, allow_pickle=settings.allow_pickle))
-                name_pipeline(pipe, label=spec.label)
-                result.pipeline_class = type(pipe).__name__
-                stage = "move"
-                pipe.to(target.torch_device())
-                target.synchronize()
+            with target_scope(target) as emulation:
+                try:
+                    pipe = prepare_pipeline(load_pipeline(spec.path, allow_pickle=settings.allow_pickle))
+                    name_pipeline(pipe, label=spec.label)
+                    result.pipeline_class = type(pipe).__name__
+                    stage = "move"
+                    pipe.to(target.torch_device())
+                    target.synchronize()
+                finally:
+                    keep_emulation_notes(result, emulation)
             loaded.pipe = pipe
             loaded.inputs = InputSpec(steps=settings.steps, height=settings.size, width=settings.size)
     except TargetError as exc:
@@ -234,8 +253,10 @@ def run_suite_check(name: str, loaded: Loaded, *, nodeid: str | None = None) -> 
     function = resolve_function(spec)
     from pytest_mps.quiet import quiet_libraries
 
-    with warnings_into(caught), using_context(ctx), target_scope(loaded.target), quiet_libraries():
+    scope = target_scope(loaded.target)
+    with warnings_into(caught), using_context(ctx), scope as emulation, quiet_libraries():
         result = function(loaded.pipe, loaded.inputs, **loaded.settings.check_options(spec.id))
+    keep_emulation_notes(result, emulation)
     result.pipeline = loaded.spec.label
     result.nodeid = nodeid
     return Outcome(result, warnings=caught)

@@ -12,7 +12,10 @@ It does something only when the environment variable ``PYTEST_MPS_CRASH_PROBE`` 
 - ``hang``: sleep for an hour;
 - ``exit``: leave at once with status 3, no answer;
 - ``noise``: write junk to stdout (Python's and file descriptor 1), then carry on: the answers must
-  still arrive intact.
+  still arrive intact;
+- ``fallback`` (a check name only): no crash, but during that check the pipeline's denoiser also runs
+  an op that has no MPS kernel (``adaptive_avg_pool3d``): under ``PYTORCH_ENABLE_MPS_FALLBACK=1`` the
+  emulated device notes a CPU fallback, without it the op raises (:func:`plant_fallback`).
 
 The variable is set by nothing but these tests.
 """
@@ -74,7 +77,27 @@ def _noise() -> None:
     os.write(1, b"crash probe: noise on fd 1 {not json\n")
 
 
-KINDS = {"abort": _abort, "segfault": _segfault, "hang": _hang, "exit": _exit, "noise": _noise}
+def plant_fallback(pipe: object) -> object:
+    """Make ``pipe``'s denoiser run ``adaptive_avg_pool3d`` (no MPS kernel) on its input at every call;
+    returns the hook's handle."""
+    import torch.nn.functional as F
+
+    denoiser = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
+
+    def hook(_module: object, args: tuple) -> None:
+        F.adaptive_avg_pool3d(args[0].unsqueeze(0), (1, 2, 2))
+
+    return denoiser.register_forward_pre_hook(hook)  # type: ignore[union-attr]
+
+
+KINDS = {
+    "abort": _abort,
+    "segfault": _segfault,
+    "hang": _hang,
+    "exit": _exit,
+    "noise": _noise,
+    "fallback": lambda: None,  # planted inside the check by sitecustomize.py, not before it
+}
 
 
 def maybe_crash(point: str) -> None:

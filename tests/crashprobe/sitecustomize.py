@@ -21,5 +21,18 @@ if os.environ.get("PYTEST_MPS_CRASH_PROBE"):
 
         return wrapper
 
+    def _with_fallback(function):
+        @functools.wraps(function)
+        def wrapper(name, loaded, *args, **kwargs):
+            if crash_probe.planned().get(name) != "fallback" or loaded.pipe is None:
+                return function(name, loaded, *args, **kwargs)
+            handle = crash_probe.plant_fallback(loaded.pipe)
+            try:
+                return function(name, loaded, *args, **kwargs)
+            finally:
+                handle.remove()
+
+        return wrapper
+
     runner.load_for_suite = _probed(lambda *a, **k: "load", runner.load_for_suite)
-    runner.run_suite_check = _probed(lambda name, *a, **k: name, runner.run_suite_check)
+    runner.run_suite_check = _with_fallback(_probed(lambda name, *a, **k: name, runner.run_suite_check))
