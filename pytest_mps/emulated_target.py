@@ -6,6 +6,7 @@ import contextlib
 from typing import Any
 
 __all__ = [
+    "EMULATION_NOTES",
     "cannot_load_reason",
     "emulated_device",
     "emulation_active",
@@ -87,6 +88,11 @@ def cpu_arithmetic() -> contextlib.AbstractContextManager[None]:
     if suspended is not None and emulation_active():
         return suspended()
     return contextlib.nullcontext()
+
+
+#: ``details`` key of a result's emulated-device notes (line -> count): those of a device entered for that
+#: check alone (an isolated worker's), which the run's summary adds to the session's.
+EMULATION_NOTES = "emulation_notes"
 
 
 def note_counts(findings: Any) -> dict[str, int]:

@@ -139,9 +139,11 @@ def test_oversized_buffer_is_a_reported_crash(pytester: pytest.Pytester) -> None
     )
 
 
+@pytest.mark.parametrize("isolate", [False, True], ids=["in-process", "isolated"])
 def test_missing_kernel_error_and_fallback_note(
-    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, isolate: bool
 ) -> None:
+    """In process, or in an isolated worker whose notes reach this session's summary."""
     pytester.makepyfile(
         """
         import torch
@@ -152,13 +154,14 @@ def test_missing_kernel_error_and_fallback_note(
             assert F.adaptive_avg_pool3d(x, 2).is_mps
         """
     )
-    result = pytester.runpytest("--mps-device", "emulated")
+    mode = ["--mps-isolate"] if isolate else []
+    result = pytester.runpytest_subprocess("--mps-device", "emulated", *mode)
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
         ["E * NotImplementedError: The operator 'aten::_adaptive_avg_pool3d' is not *"]
     )
     monkeypatch.setenv("PYTORCH_ENABLE_MPS_FALLBACK", "1")
-    result = pytester.runpytest("--mps-device", "emulated", "-W", "ignore::UserWarning")
+    result = pytester.runpytest_subprocess("--mps-device", "emulated", "-W", "ignore::UserWarning", *mode)
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(
         ["emulated-MPS notes (no error on a Mac, but slower or less portable):", "  fallback: *pool3d*"]

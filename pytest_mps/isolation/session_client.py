@@ -35,6 +35,7 @@ class RunOutcome:
         error: why the worker could not run the test (it was not collected there), else None.
         stderr: what the worker wrote to stderr during the test.
         references: the worker's reference-store counts so far.
+        emulation_notes: the worker's emulated-device notes so far (line -> count), else None.
         images: the HTML report's images of the test's results (base64 PNGs).
         seconds: how long the run took, as seen from here.
         running: the check that started and has not recorded its result yet (its id, pipeline and
@@ -47,6 +48,7 @@ class RunOutcome:
     error: str | None = None
     stderr: str = ""
     references: dict[str, Any] | None = None
+    emulation_notes: dict[str, int] | None = None
     images: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
     running: dict[str, Any] | None = None
@@ -156,6 +158,8 @@ class SessionWorker:
             if "error" in got:
                 outcome.error = str(got["error"])
             outcome.references = got.get("references")
+            notes = got.get("emulation_notes")
+            outcome.emulation_notes = dict(notes) if isinstance(notes, dict) else None
             outcome.images = dict(got.get("images") or {})
             break
         if death is not None:

@@ -178,6 +178,8 @@ class ServePlugin:
         finally:
             self.current = None
         answer: dict[str, Any] = {"done": True, "references": _store_stats(session.config)}
+        if mps is not None:  # the worker's emulated device's notes so far (fallbacks, warnings)
+            answer["emulation_notes"] = mps.emulation_note_counts()
         if mps is not None and self.spec.get("images") and len(mps.results) > before:
             answer["images"] = _encoded_images(mps.results[before:])
         return answer

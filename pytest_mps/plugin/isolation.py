@@ -30,7 +30,7 @@ from pytest_mps.plugin.session import session_of
 if TYPE_CHECKING:
     from pytest_mps.isolation.session_client import RunOutcome, SessionWorker
 
-__all__ = ["ProjectIsolation", "isolates", "worker_reference_stats"]
+__all__ = ["ProjectIsolation", "isolates", "worker_emulation_notes", "worker_reference_stats"]
 
 _KEY = pytest.StashKey["ProjectIsolation"]()
 #: The user properties a crashed test's report carries (JUnit XML shows them).
@@ -65,6 +65,8 @@ class ProjectIsolation:
         self.broken: str | None = None
         self.failed_starts = 0
         self.reference_stats: dict[int, dict[str, Any]] = {}
+        #: each worker's emulated-device notes so far (line -> count), by process id
+        self.emulation_notes: dict[int, dict[str, int]] = {}
         self.preload: list[str] = []
 
     # -- the plan -----------------------------------------------------------------------------------
@@ -166,6 +168,8 @@ class ProjectIsolation:
     ) -> None:
         if outcome.references is not None:
             self.reference_stats[worker.pid] = outcome.references
+        if outcome.emulation_notes:
+            self.emulation_notes[worker.pid] = outcome.emulation_notes
         if outcome.images:
             from pytest_mps.plugin.reports import collector_of
 
@@ -302,6 +306,12 @@ def _rewarn(config: pytest.Config, message: dict[str, Any]) -> None:
             "location": None,
         }
     )
+
+
+def worker_emulation_notes(config: pytest.Config) -> list[dict[str, int]]:
+    """The emulated-device notes of the run's isolated test workers (line -> count, one per worker)."""
+    state = config.stash.get(_KEY, None)
+    return list(state.emulation_notes.values()) if state is not None else []
 
 
 def worker_reference_stats(config: pytest.Config) -> list[dict[str, Any]]:

@@ -60,19 +60,20 @@ def _suite_rows(config: pytest.Config) -> tuple[list[str], dict[str, list[dict[s
     return labels, results, skips, errors
 
 
-def _emulation_notes(session: Any, collector: Any) -> list[str]:
-    """The emulated device's notes of the whole run: the session's device, and the devices checks
-    entered for themselves (isolated workers), carried in their results."""
-    from pytest_mps.suite.runner import EMULATION_NOTES
+def _emulation_notes(config: pytest.Config, session: Any, collector: Any) -> list[str]:
+    """The emulated device's notes of the whole run: the session's device, the devices suite checks
+    entered for themselves (isolated workers; carried in their results), and the devices of the
+    workers that ran a project's isolated tests."""
+    from pytest_mps.emulated_target import EMULATION_NOTES
+    from pytest_mps.plugin.isolation import worker_emulation_notes
 
-    counts = dict(session.emulation_note_counts())
-    for _, _, data in collector.records():
-        carried = (data.get("details") or {}).get(EMULATION_NOTES)
+    sources = [session.emulation_note_counts(), *worker_emulation_notes(config)]
+    sources += [(data.get("details") or {}).get(EMULATION_NOTES) for _, _, data in collector.records()]
+    counts: dict[str, int] = {}
+    for carried in sources:
         if isinstance(carried, dict):
             for line, count in carried.items():
                 counts[str(line)] = counts.get(str(line), 0) + (count if isinstance(count, int) else 1)
-    if not counts:
-        return []
     from pytest_mps.emulated_target import note_lines
 
     return note_lines(counts)
@@ -115,7 +116,7 @@ def summary(terminalreporter: Any, config: pytest.Config) -> None:
             terminalreporter.write_line(
                 "speed is information only on a stand-in: only real MPS is judged against the CPU"
             )
-    notes = _emulation_notes(session, collector)
+    notes = _emulation_notes(config, session, collector)
     if session.library_warnings:
         terminalreporter.section("pytest-mps: warnings raised inside libraries during checks")
         terminalreporter.write_line("(not failures, whatever -W says; each shown once)")

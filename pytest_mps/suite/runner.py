@@ -85,16 +85,12 @@ def target_scope(target: Target) -> Iterator[Any]:
     yield None
 
 
-#: ``details`` key of the emulated device's notes (line -> count) during a check run in its own scope.
-EMULATION_NOTES = "emulation_notes"
-
-
 def keep_emulation_notes(result: Any, emulation: Any) -> None:
     """Put the notes of an emulated device entered for this work alone into ``result.details`` (a
     worker's notes reach the parent's summary this way; the session's own device is read there)."""
     if emulation is None:
         return
-    from pytest_mps.emulated_target import note_counts
+    from pytest_mps.emulated_target import EMULATION_NOTES, note_counts
 
     counts = note_counts(emulation.findings)
     if counts:
