@@ -199,15 +199,28 @@ class ProjectIsolation:
         ]
         if outcome.running is not None:  # the check it died in: a crashed (or hung) result of it
             properties.append(_crashed_result(self.config, item, outcome.running, death, lines))
-        self._log_failure(item, when, lines, outcome.stderr or death.stderr, properties)
+        expected = None
+        if when == "call":  # a crash is the test's failure: an xfail test expected it
+            from pytest_mps.plugin.markers import expected_crash_reason
+
+            expected = expected_crash_reason(item)
+        self._log_failure(item, when, lines, outcome.stderr or death.stderr, properties, xfail=expected)
         if following is not None:
             self._worker()  # the replacement starts now, while this process carries on
 
     def _log_failure(
-        self, item: pytest.Item, when: str, lines: list[str], stderr: str, properties: Sequence[Any]
+        self,
+        item: pytest.Item,
+        when: str,
+        lines: list[str],
+        stderr: str,
+        properties: Sequence[Any],
+        *,
+        xfail: str | None = None,
     ) -> None:
         """Log a failed ``when`` report that says ``lines`` (then a passed teardown after a failed
-        setup or call, as pytest always reports a teardown)."""
+        setup or call, as pytest always reports a teardown); with ``xfail`` (the reason), the call's
+        failure is the expected one: an xfailed report, as pytest makes for an xfail test that raised."""
         from _pytest.reports import TestReport
 
         keywords = {name: 1 for name in item.keywords}
@@ -215,12 +228,14 @@ class ProjectIsolation:
         report = TestReport(
             item.nodeid,
             item.location,
-            outcome="failed",
+            outcome="skipped" if xfail is not None else "failed",
             longrepr="\n".join(lines),
             when=when,  # type: ignore[arg-type]
             sections=[(f"Captured stderr {when}", stderr)] if stderr.strip() else [],
             **common,
         )
+        if xfail is not None:
+            report.wasxfail = f"{xfail} ({lines[0]})" if xfail else lines[0]
         item.ihook.pytest_runtest_logreport(report=report)
         if when != "teardown":
             closing = TestReport(

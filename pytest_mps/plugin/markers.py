@@ -17,7 +17,7 @@ from pytest_mps.plugin.session import session_of
 if TYPE_CHECKING:
     from pytest_mps.context import CheckContext
 
-__all__ = ["PARSED_KEY"]
+__all__ = ["PARSED_KEY", "expected_crash_reason", "xfail_mps_reason"]
 
 PARSED_KEY = pytest.StashKey[tuple[Parsed, ...]]()
 _CONTEXT_KEY = pytest.StashKey["CheckContext"]()
@@ -107,11 +107,37 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         return
     if decision.xfail is not None:
         mark = decision.xfail
-        reason = mark.reason or f"expected to fail on {session.target.label}"
-        kwargs: dict[str, Any] = {"reason": f"[xfail_mps] {reason}", "strict": mark.strict}
+        kwargs: dict[str, Any] = {"reason": xfail_mps_reason(mark, session.target), "strict": mark.strict}
         if mark.raises is not None:
             kwargs["raises"] = mark.raises
         item.add_marker(pytest.mark.xfail(**kwargs))
+
+
+def xfail_mps_reason(mark: Any, target: Any) -> str:
+    """The xfail reason an applying ``xfail_mps`` marker gives its test."""
+    return f"[xfail_mps] {mark.reason or f'expected to fail on {target.label}'}"
+
+
+def expected_crash_reason(item: pytest.Item) -> str | None:
+    """Why a crash (or hang) of ``item``'s call, in an isolated worker, is its expected failure: an
+    applying xfail mark (pytest's, or ``xfail_mps`` as the target and environment decide) that runs the
+    test and names no ``raises=`` (a crash is no exception type). None when the crash is a failure."""
+    from _pytest.skipping import evaluate_xfail_marks
+
+    xfailed = evaluate_xfail_marks(item)
+    if xfailed is not None and xfailed.run and xfailed.raises is None:
+        return xfailed.reason
+    parsed = parsed_markers(item)
+    if not parsed:
+        return None
+    from pytest_mps.gating import decide
+
+    session = session_of(item.config)
+    decision = decide(parsed, session.target, session.environment)
+    mark = decision.xfail
+    if decision.skip_reason or mark is None or mark.raises is not None:
+        return None
+    return xfail_mps_reason(mark, session.target)
 
 
 def context_for(item: pytest.Item) -> CheckContext:

@@ -531,3 +531,44 @@ def test_under_xdist_each_xdist_worker_isolates_its_device_tests(tmp_path: Path)
     others = {name: run.outcomes[name][0] for name in ("here", "first", "after_abort")}
     assert others == {"here": "passed", "first": "passed", "after_abort": "passed"}
     assert "1 failed, 3 passed" in run.done.stdout
+
+
+XFAIL = """
+@pytest.mark.xfail(reason="a known Metal abort")
+def test_xfail_abort(mps_device_lock):
+    metal_abort()
+
+
+@pytest.mark.xfail(reason="only this exception", raises=ValueError)
+def test_xfail_other_kind(mps_device_lock):
+    metal_abort()
+
+
+@pytest.mark.xfail_mps(reason="aborts on MPS")
+def test_xfail_mps(mps_device_lock):
+    metal_abort()
+
+
+def test_after(mps_device_lock):
+    ran("after")
+"""
+
+
+@pytest.mark.parametrize("device", ["cpu", "emulated"])
+def test_a_crash_an_xfail_mark_expects_is_xfailed(tmp_path: Path, device: str) -> None:
+    """A crash is the test's failure: an xfail mark that runs the test and names no exception type
+    expects it (XFAIL naming the signal); ``raises=`` does not match a crash; ``xfail_mps`` applies on an
+    MPS-like target only."""
+    session = run_project(tmp_path, HELPERS + XFAIL, "--mps-device", device)
+    outcomes = {name: kind for name, (kind, _) in session.outcomes.items()}
+    assert outcomes == {
+        "xfail_abort": "skipped",
+        "xfail_other_kind": "failure",
+        "xfail_mps": "skipped" if device == "emulated" else "failure",
+        "after": "passed",
+    }, session.out[-3000:]
+    xfailed = r"XFAIL test_project.py::test_xfail_abort - a known Metal abort \(.*SIGABRT"
+    assert re.search(xfailed, session.out), session.out[-3000:]
+    if device == "emulated":
+        assert "XFAIL test_project.py::test_xfail_mps - [xfail_mps] aborts on MPS (" in session.out
+    assert session.done.returncode == 1  # the two crashes nothing expected
