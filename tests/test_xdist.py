@@ -232,3 +232,35 @@ def test_bad_worker_count_is_a_usage_error(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest(*PLUGIN, "--mps-xdist-workers", "-1")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*argument --mps-xdist-workers: '-1': must be 0 (no limit) or more*"])
+
+
+def _library_warning_lines(out: str) -> list[str]:
+    lines = out.splitlines()
+    heads = [i for i, line in enumerate(lines) if "warnings raised inside libraries during checks" in line]
+    if not heads:
+        return []
+    block = []
+    for line in lines[heads[0] + 2 :]:
+        if not line.startswith("  "):
+            break
+        block.append(line)
+    return block
+
+
+def test_library_warnings_of_workers_reach_the_controllers_summary(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Warnings raised inside libraries during the bundled suite's checks in pytest-xdist workers are
+    listed once by the controller, as in a serial run (the scheduler sweep meets numpy-2 deprecations
+    inside Diffusers)."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    suite = ("--pyargs", "pytest_mps.suite", "--mps-pipelines", DDPM, "--mps-device", "cpu")
+    checks = ("-k", "schedulers or cpu_parity")
+    serial = pytester.runpytest(*suite, *checks)
+    serial.assert_outcomes(passed=2)
+    shown = _library_warning_lines(serial.stdout.str())
+    if not shown:
+        pytest.skip("this numpy and Diffusers raise no warning during the sweep")
+    xdist = pytester.runpytest(*suite, *checks, "-n", "2")
+    xdist.assert_outcomes(passed=2)
+    assert sorted(_library_warning_lines(xdist.stdout.str())) == sorted(shown)

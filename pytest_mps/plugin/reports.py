@@ -231,6 +231,8 @@ def send_to_controller(config: pytest.Config) -> None:
         "deselected": facts_of(config).deselected,
         "references": store.stats() if store is not None else None,
         "images": image_sets(session.results) if session.settings.report_html is not None else {},
+        "library_warnings": session.library_warnings,
+        "emulation_notes": session.emulation_note_counts(),
     }
     if session.results:
         output["environment"] = session.environment.to_dict()

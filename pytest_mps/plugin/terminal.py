@@ -63,11 +63,14 @@ def _suite_rows(config: pytest.Config) -> tuple[list[str], dict[str, list[dict[s
 def _emulation_notes(config: pytest.Config, session: Any, collector: Any) -> list[str]:
     """The emulated device's notes of the whole run: the session's device, the devices suite checks
     entered for themselves (isolated workers; carried in their results), and the devices of the
-    workers that ran a project's isolated tests."""
+    workers that ran a project's isolated tests or, under pytest-xdist, a share of the tests."""
     from pytest_mps.emulated_target import EMULATION_NOTES
     from pytest_mps.plugin.isolation import worker_emulation_notes
+    from pytest_mps.plugin.xdist import xdist_hooks
 
+    hooks = xdist_hooks(config)
     sources = [session.emulation_note_counts(), *worker_emulation_notes(config)]
+    sources += hooks.emulation_notes() if hooks is not None else []
     sources += [(data.get("details") or {}).get(EMULATION_NOTES) for _, _, data in collector.records()]
     counts: dict[str, int] = {}
     for carried in sources:

@@ -186,6 +186,13 @@ class XdistHooks:
         if output:
             self.worker_outputs.append(output)
             collector_of(self.session.config).images.update(output.get("images") or {})
+            for line, places in (output.get("library_warnings") or {}).items():
+                kept = self.session.library_warnings.setdefault(str(line), [])
+                kept += [str(p) for p in places if str(p) not in kept]
+
+    def emulation_notes(self) -> list[dict[str, int]]:
+        """The workers' emulated-device notes (line -> count), one mapping per worker."""
+        return [dict(o.get("emulation_notes") or {}) for o in self.worker_outputs]
 
 
 XDIST_KEY = pytest.StashKey[XdistHooks]()
