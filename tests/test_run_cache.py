@@ -135,7 +135,7 @@ def test_the_state_key_sees_changes_on_the_emulated_device_too(change) -> None:
     """The key reads the weights with torch-function handling off (the emulated device's mode among
     it): a ``.data`` edit of an emulated tensor still changes it, and an unchanged pipeline keeps it."""
     from pytest_mps.emulation import EmulatedMPS
-    from pytest_mps.run_cache import pipeline_state
+    from pytest_mps.state_key import pipeline_state
 
     pipe = load()
     with EmulatedMPS():

@@ -185,7 +185,8 @@ def cpu_reference(
     from pytest_mps.emulated_target import cpu_arithmetic
     from pytest_mps.keys import inputs_fingerprint, pipeline_fingerprint
     from pytest_mps.references import ReferenceKey, shared_cache
-    from pytest_mps.run_cache import pipeline_state, timed_cpu_reference
+    from pytest_mps.run_cache import timed_cpu_reference
+    from pytest_mps.state_key import pipeline_state
 
     cache = ctx.references or shared_cache()
     store = cache.store

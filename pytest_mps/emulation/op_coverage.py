@@ -32,9 +32,8 @@ MPS counterpart so that they are not false alarms.
 ``CompositeExplicitAutograd`` kernel (``put`` -> ``put_``, ``logspace`` -> ``logspace.out``): a CPU trace
 records only the composite op, so the emulation runs those kernels again to see the ops they call.
 
-The yaml is parsed by a small dedicated line parser (:func:`parse_native_functions`) rather than PyYAML:
-only four fields of a machine-generated, regularly formatted file are needed, the project then needs no
-YAML dependency, and the parse is ~10x faster than even libyaml's C loader.
+The yaml is read by :mod:`pytest_mps.emulation.native_functions` (a small line parser, no YAML
+dependency).
 """
 
 from __future__ import annotations
@@ -48,6 +47,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
+
+from pytest_mps.emulation.kernel_tables import (
+    COMPOSITE_DISPATCH_KEYS,
+    CPU_ONLY_HELPER_OPS,
+    CPU_ONLY_PREFIXES,
+    MPS_CPU_FALLBACK_OPS,
+)
+from pytest_mps.emulation.native_functions import (
+    FIX_HINT,
+    NativeFunction,
+    OpCoverageError,
+    parse_native_functions,
+)
 
 __all__ = [
     "COMPOSITE_DISPATCH_KEYS",
@@ -78,82 +90,6 @@ class KernelStatus(enum.Enum):
     MISSING = "missing"  # no MPS kernel: NotImplementedError on a Mac (or CPU fallback with the env var)
 
 
-class OpCoverageError(RuntimeError):
-    """native_functions.yaml could not be found or parsed; the message names the path and a fix."""
-
-
-# Dispatch keys whose kernel is registered for every backend, MPS included. The *NestedTensor variant of
-# CompositeImplicitAutograd is deliberately absent: it only serves nested tensors, not dense MPS tensors.
-COMPOSITE_DISPATCH_KEYS: frozenset[str] = frozenset(
-    {"CompositeExplicitAutograd", "CompositeExplicitAutogradNonFunctional", "CompositeImplicitAutograd"}
-)
-
-# Kernels that PyTorch registers for the MPS key outside native_functions.yaml, in the
-# ``TORCH_LIBRARY_IMPL(aten, MPS, m)`` block of aten/src/ATen/mps/MPSFallback.mm: each is wired to
-# ``mps_fallback`` (copy to CPU, run the CPU kernel, copy back) whatever PYTORCH_ENABLE_MPS_FALLBACK says.
-# Source: pytorch/pytorch aten/src/ATen/mps/MPSFallback.mm as of commit 035290b77d8b (consistent with torch
-# 2.13's yaml; the earlier revision at 33ce58194cc4 also listed im2col and bitwise_{left,right}_shift
-# .Tensor_out, which have since gained MPS kernels). A table entry whose yaml entry has a native MPS
-# kernel resolves to NATIVE, which keeps the table safe across versions: around torch 1.12-1.13 the file
-# also listed ``_fft_c2c``, ``_fft_r2c``, ``repeat_interleave.*``, ``linalg_vector_norm``, ``nonzero``,
-# ``masked_select``, ``topk.values``..., all native in the yaml of recent torch.
-# ``_slow_conv2d_forward`` is also registered there, but with a kernel that only raises a device-mismatch
-# error (MPS convolutions never reach it), so it is treated as a CPU-only helper below instead.
-MPS_CPU_FALLBACK_OPS: frozenset[str] = frozenset(
-    {
-        "embedding_renorm_",  # nn.Embedding(max_norm=...)
-        "linalg_svd",  # yaml: CompositeImplicit, but the MPS registration wins for MPS tensors
-        "linalg_svd.U",
-        "col2im",  # nn.Fold; also has an MPS kernel in recent yaml (then NATIVE)
-        "upsample_nearest3d.vec",  # yaml: CompositeImplicit; MPS registration sends it to the CPU
-    }
-)
-
-# Ops that a CPU run records (a TorchDispatchMode sees them) but that an MPS run never calls, because the
-# op above them chooses a backend-specific implementation. Each maps to the op MPS calls instead, and takes
-# that op's status, so a CPU trace of code that runs fine on MPS raises no false alarm. Sources: the yaml
-# (``*_for_cpu`` / ``*_for_mps`` pairs), aten/src/ATen/native/transformers/attention.cpp (SDPA backend
-# choice: on MPS the math path, ``_scaled_dot_product_attention_math_for_mps`` when it applies, otherwise
-# the CompositeImplicit ``_scaled_dot_product_attention_math``), aten/src/ATen/native/RNN.cpp (LSTM:
-# mkldnn on CPU, ``_lstm_mps`` on MPS), aten/src/ATen/native/Convolution.cpp (``_convolution`` picks
-# ``_mps_convolution*`` on MPS), and torch/nn/modules/{activation,transformer}.py (the fused
-# ``_native_multi_head_attention`` / ``_transformer_encoder_layer_fwd`` fast paths are only taken for
-# devices in ``_supported_device_type = ["cpu", "cuda", <privateuse1>]``; on MPS the Python path runs,
-# built on linear + scaled_dot_product_attention).
-CPU_ONLY_HELPER_OPS: Mapping[str, str] = MappingProxyType(
-    {
-        # scaled_dot_product_attention
-        "_scaled_dot_product_flash_attention_for_cpu": "_scaled_dot_product_attention_math_for_mps",
-        "_scaled_dot_product_flash_attention_for_cpu_backward": "_scaled_dot_product_attention_math",
-        # nn.MultiheadAttention / nn.TransformerEncoderLayer fast paths
-        "_native_multi_head_attention": "scaled_dot_product_attention",
-        "_transformer_encoder_layer_fwd": "scaled_dot_product_attention",
-        "_masked_softmax": "_softmax",
-        "_masked_softmax_backward": "_softmax_backward_data",
-        # LSTM: mkldnn on CPU, a dedicated MPS kernel on Macs
-        "mkldnn_rnn_layer": "_lstm_mps",
-        "mkldnn_rnn_layer_backward": "lstm_mps_backward",
-        # convolution kernels chosen below aten::_convolution (only visible in decomposed traces)
-        "_slow_conv2d_forward": "_mps_convolution",  # MPSFallback.mm: an error-only kernel, see above
-        "_slow_conv2d_backward.output_mask": "mps_convolution_backward",
-        "slow_conv3d_forward": "_mps_convolution",
-        "slow_conv_dilated2d": "_mps_convolution",
-        "slow_conv_dilated3d": "_mps_convolution",
-        "_nnpack_spatial_convolution": "_mps_convolution",
-        "slow_conv_transpose2d": "_mps_convolution_transpose",
-        "slow_conv_transpose3d": "_mps_convolution_transpose",
-        # int4 weight-only quantization (torchao and friends pick the op by device)
-        "_weight_int4pack_mm_for_cpu": "_weight_int4pack_mm",
-        "_convert_weight_to_int4pack_for_cpu": "_convert_weight_to_int4pack",
-    }
-)
-
-# mkldnn ops need an mkldnn-layout tensor or are picked by a CPU-only code path; neither happens to a Mac's
-# MPS tensors, so a CPU trace that shows one says nothing about MPS. Those not mapped to a counterpart
-# above are reported COMPOSITE (the MPS path runs other, covered ops). ``to_mkldnn`` itself is left alone:
-# user code that calls ``tensor.to_mkldnn()`` really fails on an MPS tensor, and that is the one alarm.
-_CPU_ONLY_PREFIXES: tuple[str, ...] = ("mkldnn_", "_mkldnn_")
-
 _EXPLICIT_KEYS: frozenset[str] = frozenset(
     {"CompositeExplicitAutograd", "CompositeExplicitAutogradNonFunctional"}
 )
@@ -166,131 +102,6 @@ _RANK: Mapping[KernelStatus, int] = MappingProxyType(
         KernelStatus.NATIVE: 3,
     }
 )
-
-
-@dataclass(frozen=True)
-class NativeFunction:
-    """The fields of one native_functions.yaml entry (or an ``autogen:`` op) that decide MPS coverage.
-
-    ``dispatch`` is ``None`` when the entry has no ``dispatch:`` field (CompositeImplicitAutograd), else the
-    set of individual dispatch keys (``"CPU, CUDA, MPS: foo"`` contributes three); ``autogen_of`` names the
-    entry whose ``autogen:`` generated this op (its kernel is a generated composite wrapper around it).
-    """
-
-    name: str
-    dispatch: frozenset[str] | None = None
-    structured_delegate: str | None = None
-    autogen: tuple[str, ...] = ()
-    autogen_of: str | None = None
-    line: int = 0
-
-
-_FIX_HINT = (
-    "Fix: reinstall torch (`pip install --force-reinstall torch`), whose wheel ships it, "
-    "or pass load_coverage(yaml_path=...) a good copy."
-)
-
-
-def _corrupt(path: Path, line: int, what: str) -> OpCoverageError:
-    return OpCoverageError(
-        f"cannot parse {path} (line {line}): {what}. The file should be torch's own "
-        f"torchgen/packaged/ATen/native/native_functions.yaml. {_FIX_HINT}"
-    )
-
-
-def parse_native_functions(path: str | Path) -> dict[str, NativeFunction]:
-    """Parse the fields needed for MPS coverage out of a native_functions.yaml.
-
-    A line parser for the file's fixed layout: top-level ``- func: name(...) -> ...`` entries, two-space
-    entry fields, and four-space ``Keys: kernel`` lines under ``dispatch:``. Anything else is skipped, so
-    new fields do not break it; structural surprises raise :class:`OpCoverageError`.
-    """
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise OpCoverageError(
-            f"native_functions.yaml not found at {path}. It ships with torch "
-            f"(torchgen/packaged/ATen/native/); {_FIX_HINT}"
-        ) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise OpCoverageError(f"cannot read {path}: {exc}. {_FIX_HINT}") from exc
-
-    entries: dict[str, NativeFunction] = {}
-    # Per-entry accumulators, flushed when the next entry starts; plain locals keep the loop fast.
-    name: str | None = None
-    start = 0
-    keys: set[str] | None = None
-    delegate: str | None = None
-    autogen: tuple[str, ...] = ()
-    in_dispatch = False
-
-    def flush() -> None:
-        if name is None:
-            return
-        if name in entries:
-            raise _corrupt(path, start, f"duplicate entry {name!r}")
-        entries[name] = NativeFunction(
-            name, None if keys is None else frozenset(keys), delegate, autogen, None, start
-        )
-
-    for lineno, raw in enumerate(text.splitlines(), 1):
-        if not raw or raw[0] == "#":
-            continue
-        if raw.startswith("- func:"):
-            flush()
-            schema = raw[7:].strip()
-            paren = schema.find("(")
-            name = schema[:paren].strip() if paren > 0 else ""
-            if not name or " " in name:
-                raise _corrupt(path, lineno, f"malformed operator schema {schema[:80]!r}")
-            start, keys, delegate, autogen, in_dispatch = lineno, None, None, (), False
-            continue
-        stripped = raw.strip()
-        if not stripped or stripped[0] == "#":
-            continue
-        if name is None:
-            raise _corrupt(path, lineno, "content before the first `- func:` entry")
-        if raw.startswith("    ") and in_dispatch:
-            key_part, sep, _kernel = stripped.partition(":")
-            if not sep:
-                raise _corrupt(path, lineno, f"dispatch line without `Key: kernel`: {stripped[:80]!r}")
-            assert keys is not None  # set when `dispatch:` was seen
-            keys.update(k.strip() for k in key_part.split(","))
-            continue
-        if raw.startswith("  ") and raw[2] != " ":
-            in_dispatch = False
-            if stripped.startswith("- "):  # a block-sequence item of another field (``precomputed:``)
-                continue
-            field_name, sep, value = stripped.partition(":")
-            value = value.split("#", 1)[0].strip()
-            if not sep:
-                raise _corrupt(path, lineno, f"entry field without `:`: {stripped[:80]!r}")
-            if field_name == "dispatch":
-                keys = set()
-                if value == "{}":  # an explicit empty dispatch: no kernel anywhere (e.g. NJT-only ops)
-                    continue
-                if value:
-                    raise _corrupt(path, lineno, f"unsupported inline dispatch {value[:80]!r}")
-                in_dispatch = True
-            elif field_name == "structured_delegate":
-                delegate = value
-            elif field_name == "autogen":
-                autogen = tuple(a.strip() for a in value.split(",") if a.strip())
-            continue
-        if raw[0] not in " -":
-            raise _corrupt(path, lineno, f"unexpected top-level content {stripped[:80]!r}")
-        # Anything else (continuation lines of other fields, deeper nesting) is not needed here.
-    flush()
-    if not entries:
-        raise _corrupt(path, 1, "no `- func:` entries found")
-
-    # ``autogen:`` ops (mostly ``.out`` variants) are generated by torchgen, not written in the file; they
-    # exist in the dispatcher, so give them entries pointing back at their source.
-    for entry in list(entries.values()):
-        for generated in entry.autogen:
-            entries.setdefault(generated, NativeFunction(generated, autogen_of=entry.name, line=entry.line))
-    return entries
 
 
 def normalize_op_name(op: Any) -> tuple[str, str]:
@@ -542,7 +353,7 @@ def _classify(
         if counterpart is not None and counterpart in entries:
             mps_status, mps_why = resolve(counterpart, seen)
             status, why = mps_status, f"CPU-only helper; MPS calls {counterpart} instead ({mps_why})"
-        elif status is KernelStatus.MISSING and name.startswith(_CPU_ONLY_PREFIXES):
+        elif status is KernelStatus.MISSING and name.startswith(CPU_ONLY_PREFIXES):
             status, why = KernelStatus.COMPOSITE, "mkldnn (CPU-only) helper; never selected for MPS tensors"
         elif name in MPS_CPU_FALLBACK_OPS and status is not KernelStatus.NATIVE:
             status, why = KernelStatus.ALWAYS_FALLBACK, "registered to run on the CPU in MPSFallback.mm"
@@ -572,7 +383,7 @@ def default_yaml_path() -> Path:
         if candidate.is_file():
             return candidate
     looked = ", ".join(str(c) for c in candidates) or "no torchgen/torch package found"
-    raise OpCoverageError(f"cannot find torch's native_functions.yaml (looked at: {looked}). {_FIX_HINT}")
+    raise OpCoverageError(f"cannot find torch's native_functions.yaml (looked at: {looked}). {FIX_HINT}")
 
 
 def _torch_version() -> str | None:
