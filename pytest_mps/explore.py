@@ -148,14 +148,10 @@ def _quiet_diffusers() -> Iterator[None]:
 
 def _fails_on_cpu(pipe: Any, inputs: dict[str, Any]) -> bool:
     """True when the same call raises on the CPU as well."""
-    from pytest_mps.checks import cpu_reference
+    from pytest_mps.checks.common import raises_on_cpu
     from pytest_mps.context import current_context
 
-    try:
-        cpu_reference(pipe, inputs, ctx=current_context(pipe))
-    except Exception:
-        return True
-    return False
+    return raises_on_cpu(pipe, inputs, current_context(pipe)) is not None
 
 
 def _first_lines(exc: BaseException, count: int = 6) -> str:

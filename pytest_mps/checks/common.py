@@ -39,6 +39,7 @@ __all__ = [
     "first_line",
     "judge",
     "new_result",
+    "raises_on_cpu",
     "run_check",
     "tolerance_for",
     "warn_if_training",
@@ -253,10 +254,16 @@ def cross_check(
     cpu_ctx = dataclasses.replace(ctx, target=Target("cpu", "cross-check"), record=None, localize=False)
     with moved(pipe, "cpu"), cpu_arithmetic():
         on_cpu = _guarded(check, compute, pipe, cpu_ctx, options)
-    result.details["cpu_cross_check"] = {"status": on_cpu.status.value, "summary": on_cpu.summary}
-    if not on_cpu.passed:
+    _note_cpu_cross_check(result, on_cpu.status.value, on_cpu.summary, failed=not on_cpu.passed)
+
+
+def _note_cpu_cross_check(result: CheckResult, status: str, summary: str, *, failed: bool) -> None:
+    """Record what the CPU said (``details["cpu_cross_check"]``); when it failed too, the result is
+    "fails on the CPU too (<summary>): not an MPS problem"."""
+    result.details["cpu_cross_check"] = {"status": status, "summary": summary}
+    if failed:
         result.status = Status.CPU_TOO
-        result.failures.insert(0, f"fails on the CPU too ({on_cpu.summary}): not an MPS problem")
+        result.failures.insert(0, f"fails on the CPU too ({summary}): not an MPS problem")
 
 
 #: ``details`` key a check sets when its failure is an exception the pipeline's own call raised on the
@@ -265,34 +272,29 @@ def cross_check(
 CALL_RAISED = "call_raised"
 
 
-def raises_on_cpu(pipe: Any, options: dict[str, Any]) -> str | None:
-    """Run the check's call (its ``inputs`` option, as :func:`~pytest_mps.input_spec.call_inputs`
-    builds it) once on the CPU, with plain CPU arithmetic: what it raised there ("NotImplementedError:
-    ..."), or None when it ran."""
-    from pytest_mps.emulated_target import cpu_arithmetic
-    from pytest_mps.input_spec import call_inputs
-    from pytest_mps.target import Target
-
+def raises_on_cpu(pipe: Any, call: dict[str, Any], ctx: CheckContext, check: str = "") -> str | None:
+    """What ``call`` raises on the CPU ("raised NotImplementedError: ..."), or None when it runs there:
+    asked of the session's CPU reference (:func:`cpu_reference`), which a later check then reuses."""
     try:
-        with moved(pipe, "cpu"), cpu_arithmetic():
-            run_pipeline(pipe, call_inputs(pipe, options.get("inputs")), Target("cpu", "cross-check"))
+        cpu_reference(pipe, call, ctx=ctx, check=check)
     except Exception as exc:
         return f"raised {type(exc).__name__}: {first_line(exc)}"
     return None
 
 
-def cross_check_call(pipe: Any, ctx: CheckContext, options: dict[str, Any], result: CheckResult) -> None:
+def cross_check_call(
+    check: str, pipe: Any, ctx: CheckContext, options: dict[str, Any], result: CheckResult
+) -> None:
     """For a check that is not re-run whole on the CPU (the registry's ``cross_check``), whose failure
-    is an exception the pipeline's call raised: when the same call raises on the CPU too, the result
-    says "fails on the CPU too: not an MPS problem" (a pipeline that cannot run these inputs anywhere)."""
-    raised = raises_on_cpu(pipe, options)
-    result.details["cpu_cross_check"] = {
-        "status": Status.FAILED.value if raised else Status.PASSED.value,
-        "summary": raised or "the call runs on the CPU",
-    }
+    is an exception the pipeline's call raised: when the same call (its ``inputs`` option) raises on the
+    CPU too, the result says "fails on the CPU too: not an MPS problem"."""
+    from pytest_mps.input_spec import call_inputs
+
+    raised = raises_on_cpu(pipe, call_inputs(pipe, options.get("inputs")), ctx, check)
     if raised:
-        result.status = Status.CPU_TOO
-        result.failures.insert(0, f"fails on the CPU too ({raised}): not an MPS problem")
+        _note_cpu_cross_check(result, Status.FAILED.value, raised, failed=True)
+    else:
+        _note_cpu_cross_check(result, Status.PASSED.value, "the call runs on the CPU", failed=False)
 
 
 #: The least time the localisation of a failure may take (seconds), however fast the check was.
@@ -343,7 +345,7 @@ def run_check(check: str, compute: Compute, pipe: Any, ctx: CheckContext, **opti
         if spec.cross_check:
             cross_check(check, compute, pipe, ctx, options, result)
         elif result.exception is not None or result.details.get(CALL_RAISED):
-            cross_check_call(pipe, ctx, options, result)
+            cross_check_call(check, pipe, ctx, options, result)
     if result.status is Status.FAILED and spec.localizes and ctx.localize and result.exception is None:
         localize_failure(check, pipe, ctx, options, result)
     result.nodeid = result.nodeid or ctx.nodeid

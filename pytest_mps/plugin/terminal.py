@@ -64,7 +64,7 @@ def _emulation_notes(config: pytest.Config, session: Any, collector: Any) -> lis
     """The emulated device's notes of the whole run: the session's device, the devices suite checks
     entered for themselves (isolated workers; carried in their results), and the devices of the
     workers that ran a project's isolated tests or, under pytest-xdist, a share of the tests."""
-    from pytest_mps.emulated_target import EMULATION_NOTES
+    from pytest_mps.emulated_target import EMULATION_NOTES, note_lines
     from pytest_mps.plugin.isolation import worker_emulation_notes
     from pytest_mps.plugin.xdist import xdist_hooks
 
@@ -77,8 +77,6 @@ def _emulation_notes(config: pytest.Config, session: Any, collector: Any) -> lis
         if isinstance(carried, dict):
             for line, count in carried.items():
                 counts[str(line)] = counts.get(str(line), 0) + (count if isinstance(count, int) else 1)
-    from pytest_mps.emulated_target import note_lines
-
     return note_lines(counts)
 
 
