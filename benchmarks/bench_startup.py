@@ -11,11 +11,17 @@ system, of the pytest process) of both, and their ratios. The goal is a ratio of
 ``--profile`` also prints which of pytest-mps's modules a plain run imports, and the plugin's
 cumulative time in each hook, from one run under ``cProfile``.
 
+``--instructions`` also counts the instructions each variant executes, under valgrind's callgrind
+(one run each, ``PYTHONHASHSEED=0``): a figure that does not move with the machine's load, where wall
+and CPU times on a shared virtual machine wander by a percent or two between runs. It needs
+``valgrind`` on the PATH and takes about 20 s a variant.
+
 Usage::
 
     python benchmarks/bench_startup.py                    # 500 tests, 11 rounds
     python benchmarks/bench_startup.py --tests 500 --rounds 21 --json startup.json
     python benchmarks/bench_startup.py --profile
+    python benchmarks/bench_startup.py --instructions
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -101,6 +108,22 @@ def profile(folder: Path, env: dict[str, str], installed: bool) -> None:
             print(f"  {cumulative:8.4f}  {label}")
 
 
+def instructions(cmd: list[str], cwd: Path, env: dict[str, str]) -> int:
+    """User-space instructions one run executes (valgrind's callgrind), hash seed fixed."""
+    with tempfile.TemporaryDirectory() as tmp:
+        done = subprocess.run(
+            ["valgrind", "--tool=callgrind", f"--callgrind-out-file={Path(tmp) / 'out'}", *cmd],
+            cwd=cwd,
+            env={**env, "PYTHONHASHSEED": "0"},
+            capture_output=True,
+            text=True,
+        )
+    found = [line for line in done.stderr.splitlines() if "Collected :" in line]
+    if done.returncode != 0 or not found:
+        raise SystemExit(f"callgrind failed ({done.returncode}):\n{done.stderr[-2000:]}")
+    return int(found[-1].rsplit(":", 1)[1].strip())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -108,6 +131,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tests", type=int, default=500, help="trivial tests in the run (default 500)")
     parser.add_argument("--rounds", type=int, default=11, help="timed rounds, each runs both (default 11)")
     parser.add_argument("--profile", action="store_true", help="also profile one run with the plugin")
+    parser.add_argument(
+        "--instructions", action="store_true", help="also count instructions under valgrind (callgrind)"
+    )
     parser.add_argument("--json", type=Path, help="write the numbers here")
     options = parser.parse_args(argv)
 
@@ -136,6 +162,14 @@ def main(argv: list[str] | None = None) -> int:
                 cpus[name].append(cpu)
         if options.profile:
             profile(folder, env, installed)
+        counts: dict[str, int] = {}
+        if options.instructions:
+            if shutil.which("valgrind") is None:
+                raise SystemExit("--instructions needs valgrind on the PATH (apt install valgrind)")
+            counts = {
+                name: instructions(command(folder, plugin=plugin, installed=installed), folder, env)
+                for name, plugin in variants.items()
+            }
 
     wall = {name: statistics.median(v) for name, v in walls.items()}
     cpu = {name: statistics.median(v) for name, v in cpus.items()}
@@ -155,6 +189,11 @@ def main(argv: list[str] | None = None) -> int:
         f"plugin cost: {1000 * (wall['plugin'] - wall['no:mps']):.0f} ms wall, "
         f"{1000 * (cpu['plugin'] - cpu['no:mps']):.0f} ms cpu per run"
     )
+    if counts:
+        print(
+            f"instructions (callgrind): plugin {counts['plugin'] / 1e6:.1f} M, no:mps "
+            f"{counts['no:mps'] / 1e6:.1f} M, ratio {counts['plugin'] / counts['no:mps']:.4f}"
+        )
     if options.json:
         options.json.write_text(
             json.dumps(
@@ -167,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
                     "median_cpu": cpu,
                     "wall_ratio": wall_ratio,
                     "cpu_ratio": cpu_ratio,
+                    "instructions": counts or None,
                 },
                 indent=2,
             )

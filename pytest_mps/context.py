@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from pytest_mps.context_providers import PROVIDERS, pop_provider, push_provider
+
 if TYPE_CHECKING:
     from pytest_mps.references import ReferenceCache
     from pytest_mps.results import CheckResult
@@ -66,23 +68,6 @@ class _Lazy:
 
 _CURRENT: contextvars.ContextVar[_Lazy | None] = contextvars.ContextVar("pytest_mps_check", default=None)
 
-#: Where checks called without an explicit context find the running test's: the plugin pushes one
-#: provider per pytest session (nested sessions, as pytester runs them, stack) and pops it at the end.
-#: A provider returns the running test's context, or None between tests.
-_PROVIDERS: list[Callable[[], CheckContext | None]] = []
-
-
-def push_provider(provider: Callable[[], CheckContext | None]) -> None:
-    """Make ``provider`` the source of the running test's context (a pytest session's plugin does
-    this once, instead of wrapping every test)."""
-    _PROVIDERS.append(provider)
-
-
-def pop_provider(provider: Callable[[], CheckContext | None]) -> None:
-    """Remove ``provider`` (the end of its session)."""
-    if provider in _PROVIDERS:
-        _PROVIDERS.remove(provider)
-
 
 @contextlib.contextmanager
 def using_context(context: CheckContext | Callable[[], CheckContext]) -> Iterator[None]:
@@ -113,7 +98,7 @@ def current_context(pipe: Any = None) -> CheckContext:
     """The running test's context, or one inferred from ``pipe``'s device outside pytest."""
     lazy = _CURRENT.get()
     device = getattr(pipe, "device", "cpu")
-    context = lazy.get() if lazy is not None else (_PROVIDERS[-1]() if _PROVIDERS else None)
+    context = lazy.get() if lazy is not None else (PROVIDERS[-1]() if PROVIDERS else None)
     if context is not None:
         kind = getattr(device, "type", str(device))
         if pipe is not None and (not context.target.available or context.target.device_type != kind):

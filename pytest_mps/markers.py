@@ -1,4 +1,5 @@
-"""The plugin's markers: their registration lines, and the one place their arguments are parsed.
+"""The plugin's markers: the one place their arguments are parsed (their names and registration lines
+are in :mod:`pytest_mps.marker_lines`).
 
 Every marker is parsed into a frozen dataclass by :func:`parse_marker`; unknown or malformed arguments
 raise :class:`MarkerError`, which the plugin turns into a collection error naming the test.
@@ -9,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from pytest_mps.marker_lines import MARKER_LINES
 
 if TYPE_CHECKING:
     from packaging.specifiers import SpecifierSet
@@ -23,23 +26,6 @@ __all__ = [
     "XfailMps",
     "parse_marker",
 ]
-
-MARKER_LINES: dict[str, str] = {
-    "mps": "mps: the test needs the target device (--mps-device); skipped with the reason when there is none",
-    "skip_mps": "skip_mps(reason=None): skip when the target is MPS (real, or emulated)",
-    "mps_requires": (
-        'mps_requires(macos=">=13", torch=">=2.0", memory_gb=64): needs the target and these versions '
-        "(packaging specifiers); skipped with the unmet requirement. macos applies to real MPS only"
-    ),
-    "xfail_mps": (
-        'xfail_mps(reason=None, macos="<14", torch="<2.1", raises=None, strict=True): expected to fail on '
-        "the MPS target, optionally only inside these version ranges"
-    ),
-    "mps_tolerance": (
-        "mps_tolerance(atol=None, rtol=None, max_cosine_distance=None, ...): tolerances for this test's "
-        "parity checks (a call argument overrides them)"
-    ),
-}
 
 
 class MarkerError(ValueError):

@@ -14,9 +14,9 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from types import MappingProxyType
+from typing import Any, NamedTuple
 
 __all__ = [
     "OPTIONS",
@@ -150,9 +150,9 @@ def scheduler_names(text: str) -> str:
 # --- the table -------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Option:
-    """One option.
+class Option(NamedTuple):
+    """One option (a named tuple: the table is built at every pytest start-up, and a dataclass costs
+    several times as much to define).
 
     Attributes:
         name: the setting's name (``Settings.<name>``); the flag is ``--mps-<name with dashes>`` and
@@ -390,10 +390,10 @@ def option(name: str) -> Option:
     return _BY_NAME[name]
 
 
-@dataclass(frozen=True)
-class Settings:
+class Settings(NamedTuple):
     """pytest-mps's configuration for one run, resolved once (command line > environment > ini >
-    default) and frozen. Paths are absolute."""
+    default) and frozen. Paths are absolute. (A named tuple, as :class:`Option` is: made at every
+    pytest start-up.)"""
 
     device: str = "auto"
     atol: float | None = None
@@ -418,7 +418,7 @@ class Settings:
     receipt_key: Path | None = None
     allow_pickle: bool = False
     #: where each value came from (``command line``, ``environment``, ``ini``, ``default``)
-    sources: Mapping[str, str] = field(default_factory=dict, compare=False)
+    sources: Mapping[str, str] = MappingProxyType({})
 
     @property
     def ini_tolerance(self) -> dict[str, float]:
@@ -435,7 +435,7 @@ class Settings:
         return self.timeout or None
 
 
-assert {f.name for f in fields(Settings)} - {"sources"} == set(_BY_NAME), "Settings and OPTIONS disagree"
+assert set(Settings._fields) - {"sources"} == set(_BY_NAME), "Settings and OPTIONS disagree"
 
 
 def resolve(

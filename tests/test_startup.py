@@ -7,17 +7,42 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+from conftest import FIXTURES
+
 HEAVY = ("torch", "diffusers", "numpy", "transformers")
 
 PROBE = """
 import json, sys
 import pytest
+from _pytest.config import PytestPluginManager
+
+scans = []
+load = PytestPluginManager.load_setuptools_entrypoints
+
+def counted(self, group, name=None):
+    scans.append(name)
+    return load(self, group, name)
+
+PytestPluginManager.load_setuptools_entrypoints = counted
+
+def ours(hook):
+    return sorted(
+        impl.plugin_name for impl in hook.get_hookimpls()
+        if getattr(impl.function, "__module__", "").startswith("pytest_mps")
+    )
 
 class Probe:
     def pytest_sessionfinish(self, session):
         heavy = {heavy!r}
         out = {{name: name in sys.modules for name in heavy}}
         out["mps_loaded"] = session.config.pluginmanager.has_plugin("mps")
+        out["entry_point_scans"] = len(scans)
+        hook = session.config.hook
+        out["per_test_hooks"] = {{
+            name: ours(getattr(hook, name))
+            for name in ("pytest_runtest_logreport", "pytest_runtest_protocol", "pytest_runtest_setup")
+        }}
         print("\\nPROBE " + json.dumps(out))
 
 sys.exit(pytest.main({args!r}, plugins=[Probe()]))
@@ -59,3 +84,66 @@ def test_device_fixture_imports_torch(tmp_path: Path) -> None:
         tmp_path, "def test_a(mps_device):\n    assert mps_device.type == 'cpu'\n", "--mps-device", "cpu"
     )
     assert seen["torch"]
+
+
+def test_the_plugin_costs_pytest_no_extra_entry_point_scan(tmp_path: Path) -> None:
+    """The plugin's parts are registered by the plugin itself: listed in ``pytest_plugins``, pytest would
+    scan every installed distribution's entry points once per part (six scans, more than the rest of the
+    plugin's start-up)."""
+    with_plugin = _run(tmp_path, "def test_a():\n    pass\n")
+    without = _run(tmp_path, "def test_a():\n    pass\n", "-p", "no:mps")
+    assert with_plugin["mps_loaded"] and not without["mps_loaded"]
+    assert with_plugin["entry_point_scans"] == without["entry_point_scans"], (with_plugin, without)
+
+
+def test_plain_tests_pay_for_no_per_test_hook_but_its_setup(tmp_path: Path) -> None:
+    """A run of plain tests reads no test report and isolates nothing: only the setup hook, which
+    notes the running test for the checks it may call, runs per test."""
+    seen = _run(tmp_path, "def test_a():\n    pass\n\ndef test_b():\n    pass\n")
+    assert seen["per_test_hooks"] == {
+        "pytest_runtest_logreport": [],
+        "pytest_runtest_protocol": [],
+        "pytest_runtest_setup": ["pytest_mps.plugin.markers"],
+    }, seen
+
+
+@pytest.mark.parametrize(
+    ("source", "args"),
+    [
+        ("import pytest\n\n@pytest.mark.skip_mps\ndef test_a():\n    pass\n", ()),
+        ("def test_a(mps_target):\n    pass\n", ("--mps-device", "cpu")),
+        ("def test_a():\n    pass\n", ("--mps-report-json", "out.json")),
+    ],
+    ids=["a-marker", "a-fixture", "a-report"],
+)
+def test_a_run_that_involves_the_plugin_reads_every_test_report(
+    tmp_path: Path, source: str, args: tuple[str, ...]
+) -> None:
+    seen = _run(tmp_path, source, *args)
+    assert seen["per_test_hooks"]["pytest_runtest_logreport"] == ["pytest-mps-test-reports"], seen
+    assert seen["per_test_hooks"]["pytest_runtest_protocol"] == [], seen
+
+
+def test_isolation_adds_its_per_test_hook(tmp_path: Path) -> None:
+    seen = _run(tmp_path, "def test_a():\n    pass\n", "--mps-isolate", "--mps-device", "cpu")
+    assert seen["per_test_hooks"]["pytest_runtest_protocol"] == ["pytest-mps-isolation-protocol"], seen
+
+
+def test_a_plain_test_that_calls_a_check_still_records_its_result(pytester: pytest.Pytester) -> None:
+    """No marker, no fixture: the run starts reading test reports when the check asks for its test's
+    context, so the result reaches the session table (a plain test before it is not listed)."""
+    pytester.makepyfile(
+        f"""
+        from diffusers import DDPMPipeline
+        from pytest_mps import assert_cpu_parity
+
+        def test_plain():
+            pass
+
+        def test_calls_a_check():
+            assert_cpu_parity(DDPMPipeline.from_pretrained({str(FIXTURES / "tiny-ddpm")!r}))
+        """
+    )
+    result = pytester.runpytest("--mps-device", "cpu", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["*pytest-mps*", "*tiny-ddpm*cpu_parity*passed*"])

@@ -33,7 +33,6 @@ Protocol (one JSON object per line; requests on stdin, messages on the original 
 from __future__ import annotations
 
 import base64
-import dataclasses
 import json
 import os
 import sys
@@ -114,8 +113,8 @@ class ServePlugin:
             sys.stdout = sys.stderr  # -s: tests' output goes where the parent echoes it
         session = config.stash.get(SESSION_KEY, None)
         if session is not None:
-            session.settings = dataclasses.replace(
-                session.settings, report_json=None, report_md=None, report_html=None, receipt=None
+            session.settings = session.settings._replace(
+                report_json=None, report_md=None, report_html=None, receipt=None
             )
 
     # -- collection ---------------------------------------------------------------------------------

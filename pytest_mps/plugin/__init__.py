@@ -17,6 +17,7 @@ Imported at every pytest start-up: nothing here imports torch, diffusers or nump
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import pytest
@@ -26,16 +27,31 @@ from pytest_mps.plugin.session import SESSION_KEY, MPSSession, session_of
 
 __all__ = ["MPSSession", "session_of"]
 
-# Modules whose fixtures and hooks are part of the plugin. pytest imports them (for assertion rewriting
-# they must not be imported before): the hooks below import them only when they run.
-pytest_plugins = [
+#: The modules whose fixtures and hooks are part of the plugin, registered with this one. Not listed in
+#: ``pytest_plugins``: pytest looks each name listed there up among every installed distribution's
+#: entry points first, a scan that cost more than the rest of the plugin's start-up put together.
+PARTS = (
     "pytest_mps.plugin.markers",
     "pytest_mps.plugin.fixtures",
     "pytest_mps.plugin.suite",
     "pytest_mps.plugin.references",
     "pytest_mps.plugin.xdist",
     "pytest_mps.plugin.isolation",
-]
+)
+
+
+@functools.cache
+def plugin_fixtures() -> frozenset[str]:
+    """The names of the plugin's fixtures (``mps_pipeline``, ``mps_device``...: every one is named
+    ``mps_*``), read from its parts."""
+    import importlib
+
+    return frozenset(
+        name
+        for part in PARTS
+        for name, value in vars(importlib.import_module(part)).items()
+        if name.startswith("mps_") and callable(value)
+    )
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -43,9 +59,16 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    """pytest-mps's own hooks, then the plugin's parts (the first hook pytest calls on a plugin it
+    registers)."""
+    import importlib
+
     from pytest_mps.plugin import hookspecs
 
     pluginmanager.add_hookspecs(hookspecs)
+    for name in PARTS:
+        if pluginmanager.get_plugin(name) is None and not pluginmanager.is_blocked(name):
+            pluginmanager.register(importlib.import_module(name), name)
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -338,12 +338,25 @@ def worker_reference_stats(config: pytest.Config) -> list[dict[str, Any]]:
 # --- hooks ---------------------------------------------------------------------------------------
 
 
+class _ProtocolHook:
+    """The per-test hook of an isolated run, registered only when isolation is on (a plain run pays
+    nothing per test)."""
+
+    def __init__(self, state: ProjectIsolation) -> None:
+        self.state = state
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_protocol(self, item: pytest.Item, nextitem: pytest.Item | None) -> bool | None:
+        return self.state.protocol(item, nextitem)
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_configure(config: pytest.Config) -> None:
     option = config.option
     planning = any(getattr(option, name, False) for name in ("collectonly", "setuponly", "setupplan"))
     if session_of(config).settings.isolate and not planning:  # nothing runs when only planning
-        config.stash[_KEY] = ProjectIsolation(config)
+        state = config.stash[_KEY] = ProjectIsolation(config)
+        config.pluginmanager.register(_ProtocolHook(state), "pytest-mps-isolation-protocol")
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
@@ -360,12 +373,6 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     state = session.config.stash.get(_KEY, None)
     if state is not None:
         state.plan(session.items)
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> bool | None:
-    state = item.config.stash.get(_KEY, None)
-    return state.protocol(item, nextitem) if state is not None else None
 
 
 @pytest.hookimpl(tryfirst=True)

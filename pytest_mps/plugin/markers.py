@@ -6,20 +6,24 @@ emulated Metal abort."""
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_mps.markers import MARKER_LINES, MarkerError, MpsTolerance, Parsed, parse_marker
+from pytest_mps.marker_lines import MARKER_LINES
 from pytest_mps.plugin.session import session_of
 
 if TYPE_CHECKING:
     from pytest_mps.context import CheckContext
+    from pytest_mps.markers import Parsed
 
-__all__ = ["PARSED_KEY", "expected_crash_reason", "xfail_mps_reason"]
+__all__ = ["MARKED_KEY", "PARSED_KEY", "expected_crash_reason", "xfail_mps_reason"]
 
-PARSED_KEY = pytest.StashKey[tuple[Parsed, ...]]()
+PARSED_KEY = pytest.StashKey["tuple[Parsed, ...]"]()
+#: set in a run where some collected test carries a pytest-mps marker
+MARKED_KEY = pytest.StashKey[bool]()
 _CONTEXT_KEY = pytest.StashKey["CheckContext"]()
 _PROVIDER_KEY = pytest.StashKey[Callable[[], "CheckContext | None"]]()
 
@@ -29,7 +33,7 @@ def register(config: pytest.Config) -> None:
     the running test's check context to the checks it calls."""
     for line in MARKER_LINES.values():
         config.addinivalue_line("markers", line)
-    from pytest_mps.context import push_provider
+    from pytest_mps.context_providers import push_provider
 
     provider = functools.partial(_running_context, config)
     config.stash[_PROVIDER_KEY] = provider
@@ -40,16 +44,25 @@ def unregister(config: pytest.Config) -> None:
     """The end of the session: its tests' contexts are no longer provided."""
     provider = config.stash.get(_PROVIDER_KEY, None)
     if provider is not None:
-        from pytest_mps.context import pop_provider
+        from pytest_mps.context_providers import pop_provider
 
         pop_provider(provider)
 
 
 def _running_context(config: pytest.Config) -> CheckContext | None:
     """The context of the test running now (from its setup to its teardown), built on first need."""
-    item = session_of(config).current_item
+    from pytest_mps.plugin.reports import read_test_reports, reads_test_reports
+
+    session = session_of(config)
+    item = session.current_item
     if item is None:
         return None
+    if not reads_test_reports(config):
+        # A run of plain tests so far: nothing cleared the test at its teardown. Is it still running?
+        if not os.environ.get("PYTEST_CURRENT_TEST", "").startswith(f"{item.nodeid} ("):
+            session.current_item = None
+            return None
+        read_test_reports(config)  # a check runs in this test: its results go to the reports
     context = item.stash.get(_CONTEXT_KEY, None)
     if context is None:
         context = item.stash[_CONTEXT_KEY] = context_for(item)
@@ -57,9 +70,15 @@ def _running_context(config: pytest.Config) -> CheckContext | None:
 
 
 def _parse_item_markers(item: pytest.Item) -> tuple[Parsed, ...]:
+    from pytest_mps.markers import parse_marker  # here: only tests that carry a marker need the parser
+
     return tuple(
         parse_marker(m.name, m.args, m.kwargs) for m in item.iter_markers() if m.name in MARKER_LINES
     )
+
+
+def _marks_mps(markers: list[Any]) -> bool:
+    return any(m.name in MARKER_LINES for m in markers)
 
 
 def parsed_markers(item: pytest.Item) -> tuple[Parsed, ...]:
@@ -71,20 +90,40 @@ def parsed_markers(item: pytest.Item) -> tuple[Parsed, ...]:
 @pytest.hookimpl(wrapper=True)
 def pytest_make_collect_report(collector: pytest.Collector) -> Generator[None, Any, Any]:
     """Parse every collected test's markers here, so a malformed marker is a collection error that
-    names the test, not a failure at run time."""
+    names the test, not a failure at run time. A test none of whose nodes carries a pytest-mps marker
+    (most tests of a project) costs a look at its own marks: its parents are looked at once."""
     report = yield
-    if report.passed and report.result:
-        problems = []
-        for node in report.result:
-            if isinstance(node, pytest.Item):
-                try:
-                    node.stash[PARSED_KEY] = _parse_item_markers(node)
-                except MarkerError as exc:
-                    problems.append(f"{node.nodeid}: {exc}")
-        if problems:
-            report.outcome = "failed"
-            report.longrepr = "\n".join(problems)
-            report.result = []
+    if not (report.passed and report.result):
+        return report
+    marked = []
+    parents: dict[int, bool] = {}  # whether a parent node (or one above it) carries a marker
+    for node in report.result:
+        if not isinstance(node, pytest.Item):
+            continue
+        parent = node.parent
+        inherited = parents.get(id(parent))
+        if inherited is None:
+            chain = parent.listchain() if parent is not None else []
+            inherited = parents[id(parent)] = _marks_mps([m for n in chain for m in n.own_markers])
+        if inherited or _marks_mps(node.own_markers):
+            marked.append(node)
+        else:
+            node.stash[PARSED_KEY] = ()
+    if not marked:
+        return report
+    collector.config.stash[MARKED_KEY] = True
+    from pytest_mps.markers import MarkerError
+
+    problems = []
+    for node in marked:
+        try:
+            node.stash[PARSED_KEY] = _parse_item_markers(node)
+        except MarkerError as exc:
+            problems.append(f"{node.nodeid}: {exc}")
+    if problems:
+        report.outcome = "failed"
+        report.longrepr = "\n".join(problems)
+        report.result = []
     return report
 
 
@@ -144,6 +183,7 @@ def context_for(item: pytest.Item) -> CheckContext:
     """The check context of a test: the target, its tolerance marker, the ini tolerances, the shared
     references, and a sink that records each result with the test."""
     from pytest_mps.context import CheckContext
+    from pytest_mps.markers import MpsTolerance
 
     session = session_of(item.config)
     marker = next((m.values for m in parsed_markers(item) if isinstance(m, MpsTolerance)), {})

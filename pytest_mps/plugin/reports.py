@@ -49,15 +49,63 @@ def install(config: pytest.Config) -> None:
     check_receipt_key(config)
     config.stash[_FACTS_KEY] = RunFacts()
     config.pluginmanager.register(CollectingHooks(config), "pytest-mps-collecting")
+    if reads_reports_from_the_start(config):
+        read_test_reports(config)
+
+
+def reads_reports_from_the_start(config: pytest.Config) -> bool:
+    """Whether the run needs every test's reports whatever its tests are: it writes a report or a
+    receipt, keeps references in a folder (their unused ones are listed only after a whole run), or
+    is a pytest-xdist controller (its workers' results arrive as reports). Any other run starts
+    reading reports when a collected test involves pytest-mps or a result is recorded
+    (:func:`involves_mps`, :meth:`MPSSession.record <pytest_mps.plugin.session.MPSSession.record>`):
+    a run of plain tests pays nothing per test."""
+    from pytest_mps.plugin.references import reference_setup
+    from pytest_mps.plugin.xdist import is_worker
+
+    settings = session_of(config).settings
+    if settings.report_json or settings.report_md or settings.report_html or settings.receipt:
+        return True
+    if reference_setup(config).mode == "folder":
+        return True
+    dist = getattr(config.option, "dist", "no")
+    return config.pluginmanager.hasplugin("xdist") and not is_worker(config) and dist not in (None, "no")
+
+
+def involves_mps(config: pytest.Config, items: list[pytest.Item]) -> bool:
+    """Whether the collected tests involve pytest-mps: the emulated device spans the session (an
+    emulated Metal abort in any test is noted in its report), or a test carries one of the plugin's
+    markers, uses one of its fixtures or is a bundled-suite test (whose fixture is the plugin's)."""
+    from pytest_mps.plugin import plugin_fixtures
+    from pytest_mps.plugin.markers import MARKED_KEY
+
+    if session_of(config).emulation is not None or config.stash.get(MARKED_KEY, False):
+        return True
+    fixtures = plugin_fixtures()
+    return any(not fixtures.isdisjoint(getattr(item, "fixturenames", ())) for item in items)
+
+
+def read_test_reports(config: pytest.Config) -> None:
+    """From now on, take every test report (once per run; each later call does nothing)."""
+    if not reads_test_reports(config):
+        config.pluginmanager.register(ReportHooks(config), _READING)
+
+
+def reads_test_reports(config: pytest.Config) -> bool:
+    """Whether the run takes every test report now."""
+    return config.pluginmanager.get_plugin(_READING) is not None
+
+
+_READING = "pytest-mps-test-reports"
 
 
 class CollectingHooks:
-    """The hooks that gather the run's results and facts, bound to one run's config (some hooks get
-    none)."""
+    """The hooks that gather the run's facts, bound to one run's config (some hooks get none); none
+    runs once per test."""
 
     def __init__(self, config: pytest.Config) -> None:
+        self.config = config
         self.facts = facts_of(config)
-        self.session = session_of(config)
 
     def pytest_deselected(self, items: list[pytest.Item]) -> None:
         self.facts.deselected += len(items)
@@ -68,16 +116,28 @@ class CollectingHooks:
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         self.facts.collector.set_order([item.nodeid for item in session.items])
+        if involves_mps(self.config, session.items):
+            read_test_reports(self.config)
+
+
+class ReportHooks:
+    """The per-test hook: each test report's results and facts go to the run's collector (registered
+    when the run needs them: :func:`reads_reports_from_the_start`, :func:`involves_mps`)."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.collector = facts_of(config).collector
+        self.session = session_of(config)
 
     @pytest.hookimpl(tryfirst=True)  # before JUnit XML and pytest-xdist read the report
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        if report.when == "teardown":
+        when = report.when
+        if when == "teardown":
             self.session.current_item = None
-        elif report.failed and report.when == "call":
+        elif when == "call" and report.outcome == "failed":
             from pytest_mps.plugin.markers import note_crash
 
             note_crash(report)
-        self.facts.collector.add_report(report)
+        self.collector.add_report(report)
 
 
 def whole_suite(config: pytest.Config, session: pytest.Session, exitstatus: int) -> str:

@@ -226,6 +226,9 @@ class MPSSession:
 
         self.results.append(result)
         if item is not None:
+            from pytest_mps.plugin.reports import read_test_reports
+
+            read_test_reports(self.config)  # (a run of plain tests so far did not read their reports)
             data = result.to_dict()
             prefix = f"mps:{result.check}"
             item.user_properties.append((f"{prefix}:outcome", result.status.value))

@@ -36,7 +36,8 @@ class SuiteState:
     """The suite's per-run state (in ``config.stash``)."""
 
     specs: list[PipelineSpec]
-    checks: tuple[str, ...]
+    #: the selected checks (None until a suite test is collected: a project's own run never needs them)
+    checks: tuple[str, ...] | None = None
     order: list[str] = field(default_factory=list)
     load_reported: set[str] = field(default_factory=set)
     pool: WorkerPool | None = None
@@ -56,14 +57,9 @@ _STATE = pytest.StashKey[SuiteState]()
 def install(config: pytest.Config) -> None:
     """Check the suite's pipeline folders (a missing one, or one without ``model_index.json``, is a
     usage error; pickle-only weights and corrupt files are the load check's verdict) and set up."""
-    from pytest_mps.registry import check_ids
-
     settings = session_of(config).settings
-    checks = settings.checks or check_ids()
-    if not settings.explore and not (settings.checks and "explore" in settings.checks):
-        checks = tuple(c for c in checks if c != "explore")  # exploration is off unless asked for
     if not settings.pipelines:  # a project's own run (or the suite without pipelines): no folder to check
-        config.stash[_STATE] = SuiteState(specs=[], checks=checks)
+        config.stash[_STATE] = SuiteState(specs=[])
         return
     from pytest_mps.pipelines import PipelineLoadError, check_folder
     from pytest_mps.suite.settings import pipeline_specs
@@ -73,7 +69,19 @@ def install(config: pytest.Config) -> None:
             check_folder(Path(path).expanduser(), allow_pickle=True)
         except PipelineLoadError as exc:
             raise pytest.UsageError(str(exc)) from None
-    config.stash[_STATE] = SuiteState(specs=pipeline_specs(settings.pipelines), checks=checks)
+    specs = pipeline_specs(settings.pipelines)
+    config.stash[_STATE] = SuiteState(specs=specs, checks=selected_checks(settings))
+
+
+def selected_checks(settings: Settings) -> tuple[str, ...]:
+    """The suite checks a run selects: ``--mps-checks`` (or every check), without ``explore`` unless it
+    is named or ``--mps-explore`` is on."""
+    from pytest_mps.registry import check_ids
+
+    checks = settings.checks or check_ids()
+    if not settings.explore and not (settings.checks and "explore" in settings.checks):
+        checks = tuple(c for c in checks if c != "explore")  # exploration is off unless asked for
+    return checks
 
 
 def _state(config: pytest.Config) -> SuiteState:
@@ -180,10 +188,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         return
     kept, dropped = [], []
     for item in items:
-        check = _suite_check(item)
-        if check is not None and check not in state.checks:
-            dropped.append(item)
+        if _FIXTURE not in getattr(item, "fixturenames", ()):  # most tests of a project's own run
+            kept.append(item)
             continue
+        check = _suite_check(item)
+        if check is not None:
+            if state.checks is None:
+                state.checks = selected_checks(session_of(config).settings)
+            if check not in state.checks:
+                dropped.append(item)
+                continue
         key = _suite_key(item)
         if key is not None:
             item.user_properties.append((SUITE_PROPERTY, f"{key[0]}::{key[1]}"))

@@ -64,19 +64,26 @@ def _emulation_notes(config: pytest.Config, session: Any, collector: Any) -> lis
     """The emulated device's notes of the whole run: the session's device, the devices suite checks
     entered for themselves (isolated workers; carried in their results), and the devices of the
     workers that ran a project's isolated tests or, under pytest-xdist, a share of the tests."""
-    from pytest_mps.emulated_target import EMULATION_NOTES, note_lines
     from pytest_mps.plugin.isolation import worker_emulation_notes
     from pytest_mps.plugin.xdist import xdist_hooks
 
     hooks = xdist_hooks(config)
     sources = [session.emulation_note_counts(), *worker_emulation_notes(config)]
     sources += hooks.emulation_notes() if hooks is not None else []
-    sources += [(data.get("details") or {}).get(EMULATION_NOTES) for _, _, data in collector.records()]
+    records = collector.records()
+    if records:  # (the emulation's module is imported only when something may carry notes)
+        from pytest_mps.emulated_target import EMULATION_NOTES
+
+        sources += [(data.get("details") or {}).get(EMULATION_NOTES) for _, _, data in records]
     counts: dict[str, int] = {}
     for carried in sources:
         if isinstance(carried, dict):
             for line, count in carried.items():
                 counts[str(line)] = counts.get(str(line), 0) + (count if isinstance(count, int) else 1)
+    if not counts:
+        return []
+    from pytest_mps.emulated_target import note_lines
+
     return note_lines(counts)
 
 

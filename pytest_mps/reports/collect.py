@@ -66,7 +66,7 @@ class ResultCollector:
         nodeid = report.nodeid
         self.ran.add(nodeid)
         props = getattr(report, "user_properties", ())
-        if not props and report.passed and nodeid not in self.properties:
+        if not props and report.outcome == "passed" and nodeid not in self.properties:
             return  # a plain passing phase of a test that recorded nothing (most reports): nothing to keep
         self.properties[nodeid] = {str(k): v for k, v in props if isinstance(v, str)}
         if report.skipped:
