@@ -216,6 +216,21 @@ def _validate_paths(options: argparse.Namespace, paths: list[str], passthrough: 
             raise _BadInput(f"{exc}{hint}") from None
 
 
+def plugin_arguments() -> list[str]:
+    """What makes pytest load the plugin where it would not by itself: ``-p pytest_mps.plugin`` when
+    pytest-mps runs from a checkout (``PYTHONPATH``) without its installed ``mps`` entry point, ``-p mps``
+    when ``PYTEST_DISABLE_PLUGIN_AUTOLOAD`` is set; nothing otherwise."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    try:
+        points = distribution("pytest-mps").entry_points
+    except PackageNotFoundError:
+        points = ()
+    if not any(ep.group == "pytest11" and ep.name == "mps" for ep in points):
+        return ["-p", "pytest_mps.plugin"]
+    return ["-p", "mps"] if os.environ.get("PYTEST_DISABLE_PLUGIN_AUTOLOAD") else []
+
+
 def pytest_arguments(options: argparse.Namespace, paths: Sequence[str], device: str) -> list[str]:
     """The pytest command line that runs the bundled suite for these options: each option's plugin
     flag with the value ``check`` parsed."""
@@ -240,6 +255,7 @@ def pytest_arguments(options: argparse.Namespace, paths: Sequence[str], device: 
         "-W",
         "ignore::pytest.PytestAssertRewriteWarning",
         "-v",
+        *plugin_arguments(),
         "--mps-pipelines",
         *(str(Path(p).expanduser().resolve()) for p in paths),
     ]

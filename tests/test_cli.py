@@ -283,6 +283,36 @@ def test_python_dash_m_is_the_cli() -> None:
     assert done.returncode == 0 and done.stdout.startswith("pytest-mps ")
 
 
+def test_check_loads_the_plugin_without_plugin_autoload() -> None:
+    """``PYTEST_DISABLE_PLUGIN_AUTOLOAD`` (set by some CI images): the command names the plugin itself."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
+    done = subprocess.run(
+        [*console_script(), "check", str(FIXTURES / "tiny-ddpm"), "--device", "cpu", "--checks", "load"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "1 passed" in done.stdout
+
+
+def test_check_names_the_plugin_module_where_no_entry_point_is_installed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Run from a checkout (``PYTHONPATH=.``, as on a machine it was copied to): no ``mps`` entry point,
+    so pytest would not load the plugin, and ``--mps-*`` would be unknown arguments."""
+    import importlib.metadata
+
+    def missing(name: str) -> Any:
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.delenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", raising=False)
+    assert cli.plugin_arguments() == []  # installed here
+    monkeypatch.setattr(importlib.metadata, "distribution", missing)
+    assert cli.plugin_arguments() == ["-p", "pytest_mps.plugin"]
+
+
 def test_words_for_pytest_are_told_apart_from_pipeline_folders() -> None:
     ours, paths, passthrough = cli._split(
         [
