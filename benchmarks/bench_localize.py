@@ -204,7 +204,15 @@ def weights_bytes(module: Any) -> int:
 SIZES = {"sd-moderate": 128, "sd-full": 512}
 
 
-def measure(name: str, check: str, device: str, repeats: int, steps: int, size: int | None) -> dict[str, Any]:
+def measure(
+    name: str,
+    check: str,
+    device: str,
+    repeats: int,
+    steps: int,
+    size: int | None,
+    factors: tuple[float, ...] = DEVICE_FACTORS,
+) -> dict[str, Any]:
     import warnings
 
     from pytest_mps import default_inputs
@@ -220,11 +228,11 @@ def measure(name: str, check: str, device: str, repeats: int, steps: int, size: 
         target = current_context(pipe).target
         # The weakest fault that fails the check (this first check is also the warm-up: emulation
         # signatures, kernels, allocator).
-        factors = DEVICE_FACTORS if check == "cpu_parity" else (None,)
-        for factor in factors:
+        tried: tuple[float | None, ...] = factors if check == "cpu_parity" else (None,)
+        for factor in tried:
             handle = plant(pipe, check, fault, factor or 1.0)
             _, headline = timed_check(pipe, check, target, inputs)
-            if not headline.startswith("PASSED") or factor == factors[-1]:
+            if not headline.startswith("PASSED") or factor == tried[-1]:
                 break
             handle.remove()
         timed_localize(pipe, check, target, inputs)
@@ -274,6 +282,11 @@ def main(argv: list[str] | None = None) -> int:
         "--checks", nargs="*", default=["cpu_parity", "float16"], choices=("cpu_parity", "float16")
     )
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--factors",
+        default=",".join(map(str, DEVICE_FACTORS)),
+        help="the device-only fault's factors, tried in turn until the check fails (e.g. 1.1 alone)",
+    )
     parser.add_argument("--steps", type=int, default=2, help="denoising steps (the checks' default: 2)")
     parser.add_argument("--size", type=int, help="output side in pixels (default: 128 moderate, 512 full)")
     parser.add_argument(
@@ -298,7 +311,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for name in names:
         for check in args.checks:
-            row = measure(name, check, args.device, args.repeats, args.steps, args.size)
+            factors = tuple(float(f) for f in args.factors.split(","))
+            row = measure(name, check, args.device, args.repeats, args.steps, args.size, factors)
             rows.append(row)
             mark = "ok" if row["correct"] else f"EXPECTED {row['planted']}"
             if row["check_headline"].startswith("PASSED"):

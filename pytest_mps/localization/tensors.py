@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["Difference", "copy_off_device", "difference", "nbytes", "onto", "tensors_in"]
+__all__ = ["Difference", "copy_off_device", "difference", "nbytes", "onto", "tensors_in", "with_tensors"]
 
 
 def tensors_in(value: Any) -> list[torch.Tensor]:
@@ -60,6 +60,15 @@ def _rebuild(value: Any, fn: Callable[[Any], Any]) -> Any:
         changes = {f.name: _rebuild(getattr(value, f.name), fn) for f in dataclasses.fields(value) if f.init}
         return dataclasses.replace(value, **changes)
     return value
+
+
+def with_tensors(value: Any, tensors: list[torch.Tensor]) -> Any:
+    """``value`` with its tensors replaced, in :func:`tensors_in` order, by ``tensors`` (each moved to
+    the device and dtype of the tensor it replaces); ``value`` itself when the counts differ."""
+    if len(tensors_in(value)) != len(tensors):
+        return value
+    given = iter(tensors)
+    return _rebuild(value, lambda tensor: next(given).to(device=tensor.device, dtype=tensor.dtype))
 
 
 def _aliases_host_memory(tensor: torch.Tensor) -> bool:
