@@ -257,6 +257,11 @@ def measure(
         "timings": dict(loc.timings),
         "check_headline": headline,
         "headline": loc.headline(),
+        "verdict": loc.verdict,
+        # each module on the way down, and every one that introduces error: path, local max |diff|,
+        # relative to the reference's largest magnitude, against the threshold, and the note
+        "chain": [[m.path, m.max_abs, m.relative, m.ratio, m.note] for m in loc.chain],
+        "ranking": [[m.path, m.max_abs, m.relative, m.ratio, m.note] for m in loc.ranking],
         "planted": fault,
         "fault": f"output x{factor} off the CPU" if factor else "x1e6 in float16",
         "named": culprit,
