@@ -114,8 +114,9 @@ def test_plain_tests_pay_for_no_per_test_hook_but_its_setup(tmp_path: Path) -> N
         ("import pytest\n\n@pytest.mark.skip_mps\ndef test_a():\n    pass\n", ()),
         ("def test_a(mps_target):\n    pass\n", ("--mps-device", "cpu")),
         ("def test_a():\n    pass\n", ("--mps-report-json", "out.json")),
+        ("from pytest_mps.emulation import EmulatedMPS\n\ndef test_a():\n    pass\n", ()),
     ],
-    ids=["a-marker", "a-fixture", "a-report"],
+    ids=["a-marker", "a-fixture", "a-report", "the-emulated-device"],
 )
 def test_a_run_that_involves_the_plugin_reads_every_test_report(
     tmp_path: Path, source: str, args: tuple[str, ...]

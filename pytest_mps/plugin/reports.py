@@ -73,13 +73,16 @@ def reads_reports_from_the_start(config: pytest.Config) -> bool:
 
 
 def involves_mps(config: pytest.Config, items: list[pytest.Item]) -> bool:
-    """Whether the collected tests involve pytest-mps: the emulated device spans the session (an
-    emulated Metal abort in any test is noted in its report), or a test carries one of the plugin's
-    markers, uses one of its fixtures or is a bundled-suite test (whose fixture is the plugin's)."""
+    """Whether the collected tests involve pytest-mps: the emulated device spans the session, or the
+    test modules imported it (an emulated Metal abort in any test is noted in its report), or a test
+    carries one of the plugin's markers, uses one of its fixtures or is a bundled-suite test (whose
+    fixture is the plugin's)."""
     from pytest_mps.plugin import plugin_fixtures
     from pytest_mps.plugin.markers import MARKED_KEY
 
-    if session_of(config).emulation is not None or config.stash.get(MARKED_KEY, False):
+    if session_of(config).emulation is not None or "pytest_mps.emulation" in sys.modules:
+        return True
+    if config.stash.get(MARKED_KEY, False):
         return True
     fixtures = plugin_fixtures()
     return any(not fixtures.isdisjoint(getattr(item, "fixturenames", ())) for item in items)
