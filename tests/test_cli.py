@@ -33,8 +33,8 @@ def console_script() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "pytest_mps"]
 
 
-def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # 2 cores: no OpenMP spinning against the worker
+def run_cli(*args: str, timeout: float = 300, **environ: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **environ}  # 2 cores: no OpenMP spinning against the worker
     env.pop("PYTEST_MPS_CRASH_PROBE", None)
     return subprocess.run(
         [*console_script(), *args], capture_output=True, text=True, env=env, timeout=timeout
@@ -285,13 +285,14 @@ def test_python_dash_m_is_the_cli() -> None:
 
 def test_check_loads_the_plugin_without_plugin_autoload() -> None:
     """``PYTEST_DISABLE_PLUGIN_AUTOLOAD`` (set by some CI images): the command names the plugin itself."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
-    done = subprocess.run(
-        [*console_script(), "check", str(FIXTURES / "tiny-ddpm"), "--device", "cpu", "--checks", "load"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
+    done = run_cli(
+        "check",
+        str(FIXTURES / "tiny-ddpm"),
+        "--device",
+        "cpu",
+        "--checks",
+        "load",
+        PYTEST_DISABLE_PLUGIN_AUTOLOAD="1",
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert "1 passed" in done.stdout

@@ -51,18 +51,19 @@ def unregister(config: pytest.Config) -> None:
 
 def _running_context(config: pytest.Config) -> CheckContext | None:
     """The context of the test running now (from its setup to its teardown), built on first need."""
-    from pytest_mps.plugin.reports import read_test_reports, reads_test_reports
+    from pytest_mps.plugin.reports import reads_test_reports
 
     session = session_of(config)
     item = session.current_item
     if item is None:
         return None
-    if not reads_test_reports(config):
-        # A run of plain tests so far: nothing cleared the test at its teardown. Is it still running?
-        if not os.environ.get("PYTEST_CURRENT_TEST", "").startswith(f"{item.nodeid} ("):
-            session.current_item = None
-            return None
-        read_test_reports(config)  # a check runs in this test: its results go to the reports
+    if not reads_test_reports(config) and not os.environ.get("PYTEST_CURRENT_TEST", "").startswith(
+        f"{item.nodeid} ("
+    ):
+        # A run of plain tests so far (the first recorded result starts the reading of reports, see
+        # MPSSession.record): nothing cleared the test at its teardown, and it is no longer running.
+        session.current_item = None
+        return None
     context = item.stash.get(_CONTEXT_KEY, None)
     if context is None:
         context = item.stash[_CONTEXT_KEY] = context_for(item)
