@@ -11,11 +11,10 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import dataclasses
+import sys
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
-
-from pytest_mps.context_providers import PROVIDERS, pop_provider, push_provider
 
 if TYPE_CHECKING:
     from pytest_mps.references import ReferenceCache
@@ -94,11 +93,35 @@ def _target_from_device(device: Any) -> Target:
     return Target("none", "inferred", f"unsupported device {kind!r}")
 
 
+def _providers() -> list[Callable[[], CheckContext | None]]:
+    """The providers of the running tests' contexts: the pytest plugin's, where it is loaded (a check
+    called outside pytest does not import pytest for them)."""
+    markers = sys.modules.get("pytest_mps.plugin.markers")
+    return markers.PROVIDERS if markers is not None else []
+
+
+def push_provider(provider: Callable[[], CheckContext | None]) -> None:
+    """Make ``provider`` the source of the running test's context (the plugin does this once per pytest
+    session, instead of wrapping every test)."""
+    from pytest_mps.plugin.markers import PROVIDERS
+
+    PROVIDERS.append(provider)
+
+
+def pop_provider(provider: Callable[[], CheckContext | None]) -> None:
+    """Remove ``provider`` (the end of its session)."""
+    from pytest_mps.plugin.markers import PROVIDERS
+
+    if provider in PROVIDERS:
+        PROVIDERS.remove(provider)
+
+
 def current_context(pipe: Any = None) -> CheckContext:
     """The running test's context, or one inferred from ``pipe``'s device outside pytest."""
     lazy = _CURRENT.get()
     device = getattr(pipe, "device", "cpu")
-    context = lazy.get() if lazy is not None else (PROVIDERS[-1]() if PROVIDERS else None)
+    providers = _providers() if lazy is None else []
+    context = lazy.get() if lazy is not None else (providers[-1]() if providers else None)
     if context is not None:
         kind = getattr(device, "type", str(device))
         if pipe is not None and (not context.target.available or context.target.device_type != kind):

@@ -1,5 +1,5 @@
 """The plugin's markers: the one place their arguments are parsed (their names and registration lines
-are in :mod:`pytest_mps.marker_lines`).
+are the plugin's: :data:`pytest_mps.plugin.markers.MARKER_LINES`).
 
 Every marker is parsed into a frozen dataclass by :func:`parse_marker`; unknown or malformed arguments
 raise :class:`MarkerError`, which the plugin turns into a collection error naming the test.
@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from pytest_mps.marker_lines import MARKER_LINES
+from pytest_mps.plugin.markers import MARKER_LINES
 
 if TYPE_CHECKING:
     from packaging.specifiers import SpecifierSet

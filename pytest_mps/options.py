@@ -16,7 +16,7 @@ import math
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, NamedTuple
+from typing import Any
 
 __all__ = [
     "OPTIONS",
@@ -150,9 +150,36 @@ def scheduler_names(text: str) -> str:
 # --- the table -------------------------------------------------------------------------------------
 
 
-class Option(NamedTuple):
-    """One option (a named tuple: the table is built at every pytest start-up, and a dataclass costs
-    several times as much to define).
+class _Frozen:
+    """A record whose fields are set once, in ``__init__`` (cheaper to define than a named tuple or a
+    dataclass, both of which compile code: the option table and the settings are made at every pytest
+    start-up)."""
+
+    __slots__ = ()
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"{type(self).__name__} is frozen (use _replace)")
+
+    def _asdict(self) -> dict[str, Any]:
+        """The fields and their values, in order."""
+        return {name: getattr(self, name) for name in self.__slots__}
+
+    def _replace(self, **changes: Any) -> Any:
+        """A copy with ``changes``."""
+        return type(self)(**{**self._asdict(), **changes})
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and self._asdict() == other._asdict()  # type: ignore[attr-defined]
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}={value!r}" for name, value in self._asdict().items())
+        return f"{type(self).__name__}({fields})"
+
+
+class Option(_Frozen):
+    """One option.
 
     Attributes:
         name: the setting's name (``Settings.<name>``); the flag is ``--mps-<name with dashes>`` and
@@ -169,16 +196,36 @@ class Option(NamedTuple):
         negatable: a flag that also has its ``--no-`` form (to turn off what a default or ini turned on).
     """
 
+    __slots__ = ("cli", "default", "env", "help", "ini", "kind", "metavar", "name", "negatable", "type")
+
     name: str
     help: str
-    type: Callable[[str], Any] | None = None
-    default: Any = None
-    kind: str = "value"
-    ini: bool = True
-    env: str | None = None
-    cli: str | None = None
-    metavar: str | None = None
-    negatable: bool = False
+    type: Callable[[str], Any] | None
+    default: Any
+    kind: str
+    ini: bool
+    env: str | None
+    cli: str | None
+    metavar: str | None
+    negatable: bool
+
+    def __init__(
+        self,
+        name: str,
+        help: str,
+        type: Callable[[str], Any] | None = None,
+        default: Any = None,
+        kind: str = "value",
+        ini: bool = True,
+        env: str | None = None,
+        cli: str | None = None,
+        metavar: str | None = None,
+        negatable: bool = False,
+    ) -> None:
+        values = {"name": name, "help": help, "type": type, "default": default, "kind": kind, "ini": ini}
+        values.update(env=env, cli=cli, metavar=metavar, negatable=negatable)
+        for field, value in values.items():
+            object.__setattr__(self, field, value)
 
     @property
     def flag(self) -> str:
@@ -390,35 +437,44 @@ def option(name: str) -> Option:
     return _BY_NAME[name]
 
 
-class Settings(NamedTuple):
+class Settings(_Frozen):
     """pytest-mps's configuration for one run, resolved once (command line > environment > ini >
-    default) and frozen. Paths are absolute. (A named tuple, as :class:`Option` is: made at every
-    pytest start-up.)"""
+    default) and frozen; a field left out takes its option's default. Paths are absolute. ``sources``
+    says where each value came from (``command line``, ``environment``, ``ini``, ``default``)."""
 
-    device: str = "auto"
-    atol: float | None = None
-    rtol: float | None = None
-    max_cosine_distance: float | None = None
-    references: Path | None = None
-    update_references: bool = False
-    report_json: Path | None = None
-    report_md: Path | None = None
-    report_html: Path | None = None
-    xdist_workers: int = 1
-    pipelines: tuple[str, ...] = ()
-    isolate: bool = False
-    localize: bool = True
-    timeout: float = 600.0
-    steps: int = 2
-    size: int | None = None
-    schedulers: str = "compatible"
-    checks: tuple[str, ...] | None = None
-    explore: int = 0
-    receipt: Path | None = None
-    receipt_key: Path | None = None
-    allow_pickle: bool = False
-    #: where each value came from (``command line``, ``environment``, ``ini``, ``default``)
-    sources: Mapping[str, str] = MappingProxyType({})
+    __slots__ = (*(opt.name for opt in OPTIONS), "sources")
+
+    device: str
+    atol: float | None
+    rtol: float | None
+    max_cosine_distance: float | None
+    references: Path | None
+    update_references: bool
+    report_json: Path | None
+    report_md: Path | None
+    report_html: Path | None
+    xdist_workers: int
+    pipelines: tuple[str, ...]
+    isolate: bool
+    localize: bool
+    timeout: float
+    steps: int
+    size: int | None
+    schedulers: str
+    checks: tuple[str, ...] | None
+    explore: int
+    receipt: Path | None
+    receipt_key: Path | None
+    allow_pickle: bool
+    sources: Mapping[str, str]
+
+    def __init__(self, *, sources: Mapping[str, str] | None = None, **values: Any) -> None:
+        unknown = values.keys() - _BY_NAME.keys()
+        if unknown:
+            raise TypeError(f"Settings has no field {', '.join(sorted(unknown))}")
+        for opt in OPTIONS:
+            object.__setattr__(self, opt.name, values.get(opt.name, opt.default))
+        object.__setattr__(self, "sources", MappingProxyType(dict(sources or {})))
 
     @property
     def ini_tolerance(self) -> dict[str, float]:
@@ -433,9 +489,6 @@ class Settings(NamedTuple):
     def timeout_or_none(self) -> float | None:
         """The time limit, ``None`` for none (0)."""
         return self.timeout or None
-
-
-assert set(Settings._fields) - {"sources"} == set(_BY_NAME), "Settings and OPTIONS disagree"
 
 
 def resolve(

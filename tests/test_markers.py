@@ -93,7 +93,7 @@ def test_on_a_fake_mac(pytester: pytest.Pytester, fake_mac) -> None:
 
 def test_header_on_a_fake_mac(pytester: pytest.Pytester, fake_mac) -> None:
     fake_mac(macos="14.5", memory_gb=32)
-    pytester.makepyfile("def test_a(): pass")
+    pytester.makepyfile("import pytest\n\n@pytest.mark.mps\ndef test_a(): pass")
     result = pytester.runpytest()
     result.stdout.fnmatch_lines(["mps: target mps | MPS available | macOS 14.5 arm64, Python *, torch 2.*"])
 

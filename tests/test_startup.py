@@ -46,7 +46,9 @@ class Probe:
         }}
         print("\\nPROBE " + json.dumps(out))
 
-sys.exit(pytest.main({args!r}, plugins=[Probe()]))
+code = pytest.main({args!r}, plugins=[Probe()])
+print("\\nMODULES " + json.dumps(sorted(m for m in sys.modules if m.startswith("pytest_mps"))))
+sys.exit(code)
 """
 
 
@@ -57,8 +59,27 @@ def _run(tmp_path: Path, test_source: str, *args: str) -> dict:
         [sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=120
     )
     line = next((ln for ln in out.stdout.splitlines() if ln.startswith("PROBE ")), None)
-    assert line, out.stdout + out.stderr
-    return json.loads(line[len("PROBE ") :])
+    modules = next((ln for ln in out.stdout.splitlines() if ln.startswith("MODULES ")), None)
+    assert line and modules, out.stdout + out.stderr
+    return {**json.loads(line[len("PROBE ") :]), "modules": json.loads(modules[len("MODULES ") :])}
+
+
+#: What a run of plain tests imports of pytest-mps, from start to end: the hooks, the options, the
+#: run's state, the markers and the fixtures (each module pytest's assertion-rewriting importer loads
+#: costs start-up time; the rest loads when a test involves pytest-mps: ``plugin/activation.py``).
+DORMANT_MODULES = {
+    "pytest_mps",
+    "pytest_mps.options",
+    "pytest_mps.plugin",
+    "pytest_mps.plugin.activation",
+    "pytest_mps.plugin.fixtures",
+    "pytest_mps.plugin.hookspecs",
+    "pytest_mps.plugin.markers",
+    "pytest_mps.plugin.options",
+    "pytest_mps.plugin.session",
+}
+#: The machinery a run loads when it wakes.
+MACHINERY = {"pytest_mps.plugin.references", "pytest_mps.plugin.reports", "pytest_mps.reports.collect"}
 
 
 def test_plain_run_imports_nothing_heavy(tmp_path: Path) -> None:
@@ -149,3 +170,46 @@ def test_a_plain_test_that_calls_a_check_still_records_its_result(pytester: pyte
     result = pytester.runpytest("--mps-device", "cpu", "-p", "no:cacheprovider")
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines(["*pytest-mps*", "*tiny-ddpm*cpu_parity*passed*"])
+
+
+def test_a_plain_run_imports_only_the_start_up_modules(tmp_path: Path) -> None:
+    """No report, no reference, no terminal table, no suite, no isolation, no pytest-xdist part: a run
+    of plain tests (pytest-xdist installed, not used) loads pytest-mps's start-up modules and no more,
+    to its end (the verbose header included)."""
+    seen = _run(tmp_path, "def test_a():\n    pass\n", "-v")
+    assert set(seen["modules"]) == DORMANT_MODULES, seen["modules"]
+
+
+@pytest.mark.parametrize(
+    ("source", "args", "when"),
+    [
+        ("def test_a():\n    pass\n", ("--mps-report-json", "out.json"), "start"),
+        ("def test_a():\n    pass\n", ("--mps-references", "refs"), "start"),
+        ("import pytest\n\n@pytest.mark.mps\ndef test_a():\n    pass\n", (), "collection"),
+        ("def test_a(mps_target):\n    pass\n", ("--mps-device", "cpu"), "collection"),
+    ],
+)
+def test_a_run_that_involves_the_plugin_loads_its_machinery(
+    tmp_path: Path, source: str, args: tuple[str, ...], when: str
+) -> None:
+    seen = _run(tmp_path, source, *args)
+    assert set(seen["modules"]) >= MACHINERY, (when, seen["modules"])
+    assert seen["per_test_hooks"]["pytest_runtest_logreport"] == ["pytest-mps-test-reports"], seen
+
+
+def test_the_suite_part_is_registered_only_where_the_suite_runs(tmp_path: Path) -> None:
+    """The bundled suite's hooks and fixtures join when pytest collects its module (here without
+    pipelines: every check is a skip with the reason), not in a project's own run."""
+    plain = _run(tmp_path, "def test_a():\n    pass\n")
+    assert "pytest_mps.plugin.suite" not in plain["modules"]
+    (tmp_path / "test_x.py").unlink()
+    command = [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "--pyargs"]
+    out = subprocess.run(
+        [*command, "pytest_mps.suite"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert "no pipelines to check: pass --mps-pipelines PATH" in out.stdout, out.stdout + out.stderr
+    assert " skipped" in out.stdout and "error" not in out.stdout.lower(), out.stdout

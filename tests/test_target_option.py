@@ -9,12 +9,26 @@ from pytest_mps.target import Target, TargetError, resolve_target
 SHOW_TARGET = "def test_t(mps_target):\n    print('TARGET', mps_target.name, mps_target.requested)\n"
 
 
-def test_header_line_without_mps(pytester: pytest.Pytester) -> None:
-    pytester.makepyfile("def test_a(): pass")
+def test_target_line_without_mps(pytester: pytest.Pytester) -> None:
+    """A run whose tests involve pytest-mps shows the target and environment line after collection."""
+    pytester.makepyfile("import pytest\n\n@pytest.mark.mps\ndef test_a(): pass")
     result = pytester.runpytest()
     result.stdout.fnmatch_lines(
-        ["mps: target none | MPS unavailable: MPS needs macOS on Apple silicon; this is Linux | Linux *"]
+        [
+            "collected 1 item",
+            "mps: target none | MPS unavailable: MPS needs macOS on Apple silicon; this is Linux | Linux *",
+        ]
     )
+
+
+def test_a_run_of_plain_tests_shows_no_target_line(pytester: pytest.Pytester) -> None:
+    """Nothing involves pytest-mps: no line (finding the environment would cost start-up time), and
+    ``-q`` hides it where it would follow collection, as it hides pytest's header."""
+    pytester.makepyfile("def test_a(): pass")
+    # (in a fresh process: this one imported the emulated device, which involves pytest-mps)
+    assert "mps:" not in pytester.runpytest_subprocess().stdout.str()
+    pytester.makepyfile("import pytest\n\n@pytest.mark.mps\ndef test_a(): pass")
+    assert "mps:" not in pytester.runpytest("-q").stdout.str()
 
 
 def test_header_marks_a_standin(pytester: pytest.Pytester) -> None:
@@ -103,3 +117,23 @@ def test_targets_label_stand_ins() -> None:
 def test_resolve_target_rejects_unknown_names() -> None:
     with pytest.raises(TargetError, match="unknown target device 'gpu'; choose one of auto, mps"):
         resolve_target("gpu")
+
+
+def test_settings_are_frozen_records_of_the_options_with_their_defaults() -> None:
+    """Settings has one field per option (and ``sources``); a field left out takes the option's
+    default, the one place defaults live; no field can change after the run resolved it."""
+    from pytest_mps.options import OPTIONS, Settings
+
+    settings = Settings(steps=5, sources={"steps": "ini"})
+    assert set(Settings.__annotations__) - {"sources"} == {opt.name for opt in OPTIONS}
+    assert {opt.name: getattr(settings, opt.name) for opt in OPTIONS if opt.name != "steps"} == {
+        opt.name: opt.default for opt in OPTIONS if opt.name != "steps"
+    }
+    assert (settings.steps, dict(settings.sources)) == (5, {"steps": "ini"})
+    with pytest.raises(AttributeError, match="frozen"):
+        settings.steps = 3  # type: ignore[misc]
+    changed = settings._replace(device="cpu")
+    assert (changed.device, changed.steps, settings.device) == ("cpu", 5, "auto")
+    assert changed == Settings(device="cpu", steps=5, sources={"steps": "ini"}) != settings
+    with pytest.raises(TypeError, match="no field stpes"):
+        Settings(stpes=3)

@@ -51,7 +51,7 @@ class ProjectIsolation:
     worker, and what the workers reported besides tests (reference counts)."""
 
     def __init__(self, config: pytest.Config) -> None:
-        from pytest_mps.plugin.xdist import is_worker
+        from pytest_mps.plugin.activation import is_worker
 
         self.config = config
         self.timeout = session_of(config).settings.timeout_or_none

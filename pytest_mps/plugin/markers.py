@@ -12,14 +12,46 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_mps.marker_lines import MARKER_LINES
 from pytest_mps.plugin.session import session_of
 
 if TYPE_CHECKING:
     from pytest_mps.context import CheckContext
     from pytest_mps.markers import Parsed
 
-__all__ = ["MARKED_KEY", "PARSED_KEY", "expected_crash_reason", "xfail_mps_reason"]
+__all__ = [
+    "MARKED_KEY",
+    "MARKER_LINES",
+    "PARSED_KEY",
+    "PROVIDERS",
+    "expected_crash_reason",
+    "xfail_mps_reason",
+]
+
+#: The plugin's marker names and their one-line registrations (what ``pytest --markers`` lists); the
+#: parser of their arguments (:mod:`pytest_mps.markers`) is imported only when a collected test carries
+#: one of them.
+MARKER_LINES: dict[str, str] = {
+    "mps": "mps: the test needs the target device (--mps-device); skipped with the reason when there is none",
+    "skip_mps": "skip_mps(reason=None): skip when the target is MPS (real, or emulated)",
+    "mps_requires": (
+        'mps_requires(macos=">=13", torch=">=2.0", memory_gb=64): needs the target and these versions '
+        "(packaging specifiers); skipped with the unmet requirement. macos applies to real MPS only"
+    ),
+    "xfail_mps": (
+        'xfail_mps(reason=None, macos="<14", torch="<2.1", raises=None, strict=True): expected to fail on '
+        "the MPS target, optionally only inside these version ranges"
+    ),
+    "mps_tolerance": (
+        "mps_tolerance(atol=None, rtol=None, max_cosine_distance=None, ...): tolerances for this test's "
+        "parity checks (a call argument overrides them)"
+    ),
+}
+
+#: Where checks called without an explicit context find the running test's
+#: (:func:`pytest_mps.context.current_context` reads it): one provider per pytest session, innermost
+#: last (nested sessions, as pytester runs them, stack). A provider returns the running test's
+#: :class:`~pytest_mps.context.CheckContext`, or None between tests.
+PROVIDERS: list[Callable[[], CheckContext | None]] = []
 
 PARSED_KEY = pytest.StashKey["tuple[Parsed, ...]"]()
 #: set in a run where some collected test carries a pytest-mps marker
@@ -33,20 +65,16 @@ def register(config: pytest.Config) -> None:
     the running test's check context to the checks it calls."""
     for line in MARKER_LINES.values():
         config.addinivalue_line("markers", line)
-    from pytest_mps.context_providers import push_provider
-
     provider = functools.partial(_running_context, config)
     config.stash[_PROVIDER_KEY] = provider
-    push_provider(provider)
+    PROVIDERS.append(provider)
 
 
 def unregister(config: pytest.Config) -> None:
     """The end of the session: its tests' contexts are no longer provided."""
     provider = config.stash.get(_PROVIDER_KEY, None)
-    if provider is not None:
-        from pytest_mps.context_providers import pop_provider
-
-        pop_provider(provider)
+    if provider is not None and provider in PROVIDERS:
+        PROVIDERS.remove(provider)
 
 
 def _running_context(config: pytest.Config) -> CheckContext | None:

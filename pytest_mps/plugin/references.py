@@ -82,7 +82,8 @@ def _choose(config: pytest.Config) -> tuple[str, Path | None]:
 
 def install(config: pytest.Config) -> ReferenceSetup:
     """Set up this run's reference store and plug it into the session's reference cache (the one in
-    pytest's cache folder is built on first use)."""
+    pytest's cache folder is built on first use); done once, by
+    :func:`~pytest_mps.plugin.activation.wake`."""
     session = session_of(config)
     mode, folder = _choose(config)
     update = session.settings.update_references
@@ -111,8 +112,15 @@ def _folder_store(folder: Path | Callable[[], Path], update: bool) -> Callable[[
 
 
 def reference_setup(config: pytest.Config) -> ReferenceSetup:
-    """This run's :class:`ReferenceSetup`."""
-    return config.stash[_SETUP_KEY]
+    """This run's :class:`ReferenceSetup` (asking for it wakes a dormant run: see
+    :mod:`.activation`)."""
+    setup = config.stash.get(_SETUP_KEY, None)
+    if setup is None:
+        from pytest_mps.plugin.activation import wake
+
+        wake(config)
+        setup = config.stash[_SETUP_KEY]
+    return setup
 
 
 def find_unused(config: pytest.Config, whole_suite: str) -> None:

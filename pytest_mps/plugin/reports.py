@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from pytest_mps.plugin.activation import distributes, is_worker, wake
 from pytest_mps.plugin.session import session_of
 from pytest_mps.reports.collect import ResultCollector
 
@@ -35,8 +36,12 @@ _FACTS_KEY = pytest.StashKey[RunFacts]()
 
 
 def facts_of(config: pytest.Config) -> RunFacts:
-    """The run's :class:`RunFacts`."""
-    return config.stash[_FACTS_KEY]
+    """The run's :class:`RunFacts` (asking for them wakes a dormant run: see :mod:`.activation`)."""
+    facts = config.stash.get(_FACTS_KEY, None)
+    if facts is None:
+        wake(config)
+        facts = config.stash[_FACTS_KEY]
+    return facts
 
 
 def collector_of(config: pytest.Config) -> ResultCollector:
@@ -45,7 +50,8 @@ def collector_of(config: pytest.Config) -> ResultCollector:
 
 
 def install(config: pytest.Config) -> None:
-    """Start collecting for this run (and refuse a receipt that could not be signed)."""
+    """Start collecting for this run (and refuse a receipt that could not be signed); done once, by
+    :func:`~pytest_mps.plugin.activation.wake`."""
     check_receipt_key(config)
     config.stash[_FACTS_KEY] = RunFacts()
     config.pluginmanager.register(CollectingHooks(config), "pytest-mps-collecting")
@@ -58,38 +64,22 @@ def reads_reports_from_the_start(config: pytest.Config) -> bool:
     receipt, keeps references in a folder (their unused ones are listed only after a whole run), or
     is a pytest-xdist controller (its workers' results arrive as reports). Any other run starts
     reading reports when a collected test involves pytest-mps or a result is recorded
-    (:func:`involves_mps`, :meth:`MPSSession.record <pytest_mps.plugin.session.MPSSession.record>`):
-    a run of plain tests pays nothing per test."""
+    (:func:`~pytest_mps.plugin.activation.involves_mps`, :meth:`MPSSession.record
+    <pytest_mps.plugin.session.MPSSession.record>`): a run of plain tests pays nothing per test."""
     from pytest_mps.plugin.references import reference_setup
-    from pytest_mps.plugin.xdist import is_worker
 
     settings = session_of(config).settings
     if settings.report_json or settings.report_md or settings.report_html or settings.receipt:
         return True
     if reference_setup(config).mode == "folder":
         return True
-    dist = getattr(config.option, "dist", "no")
-    return config.pluginmanager.hasplugin("xdist") and not is_worker(config) and dist not in (None, "no")
-
-
-def involves_mps(config: pytest.Config, items: list[pytest.Item]) -> bool:
-    """Whether the collected tests involve pytest-mps: the emulated device spans the session, or the
-    test modules imported it (an emulated Metal abort in any test is noted in its report), or a test
-    carries one of the plugin's markers, uses one of its fixtures or is a bundled-suite test (whose
-    fixture is the plugin's)."""
-    from pytest_mps.plugin import plugin_fixtures
-    from pytest_mps.plugin.markers import MARKED_KEY
-
-    if session_of(config).emulation is not None or "pytest_mps.emulation" in sys.modules:
-        return True
-    if config.stash.get(MARKED_KEY, False):
-        return True
-    fixtures = plugin_fixtures()
-    return any(not fixtures.isdisjoint(getattr(item, "fixturenames", ())) for item in items)
+    return distributes(config)
 
 
 def read_test_reports(config: pytest.Config) -> None:
-    """From now on, take every test report (once per run; each later call does nothing)."""
+    """From now on, take every test report (once per run; each later call does nothing); a dormant run
+    wakes."""
+    wake(config)
     if not reads_test_reports(config):
         config.pluginmanager.register(ReportHooks(config), _READING)
 
@@ -104,7 +94,8 @@ _READING = "pytest-mps-test-reports"
 
 class CollectingHooks:
     """The hooks that gather the run's facts, bound to one run's config (some hooks get none); none
-    runs once per test."""
+    runs once per test. (The collection's order and whether it involves pytest-mps are
+    :mod:`.activation`'s.)"""
 
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
@@ -117,15 +108,11 @@ class CollectingHooks:
         if report.failed:
             self.facts.collection_errors += 1
 
-    def pytest_collection_finish(self, session: pytest.Session) -> None:
-        self.facts.collector.set_order([item.nodeid for item in session.items])
-        if involves_mps(self.config, session.items):
-            read_test_reports(self.config)
-
 
 class ReportHooks:
     """The per-test hook: each test report's results and facts go to the run's collector (registered
-    when the run needs them: :func:`reads_reports_from_the_start`, :func:`involves_mps`)."""
+    when the run needs them: :func:`reads_reports_from_the_start`,
+    :func:`~pytest_mps.plugin.activation.involves_mps`)."""
 
     def __init__(self, config: pytest.Config) -> None:
         self.collector = facts_of(config).collector
@@ -307,7 +294,7 @@ def finish(config: pytest.Config, session: pytest.Session, exitstatus: int) -> N
     """The end of the run: a worker sends its part to the controller; the controller (or a serial run)
     lists unused references and writes the reports."""
     from pytest_mps.plugin.references import find_unused, reference_setup
-    from pytest_mps.plugin.xdist import is_worker, xdist_hooks
+    from pytest_mps.plugin.xdist import xdist_hooks
 
     if is_worker(config):
         send_to_controller(config)

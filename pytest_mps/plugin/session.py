@@ -77,6 +77,8 @@ class MPSSession:
     @property
     def environment(self) -> MPSEnvironment:
         """The full environment (imports torch on macOS to ask MPS)."""
+        if self._environment is None and self._cheap is not None and self._cheap.probed:
+            self._environment = self._cheap  # off macOS, the cheap look is the full one
         if self._environment is None or not self._environment.probed:
             from pytest_mps.environment import detect_environment
 
@@ -209,9 +211,13 @@ class MPSSession:
 
     @property
     def references(self) -> ReferenceCache:
-        """CPU references shared by the session's checks."""
+        """CPU references shared by the session's checks (the first use wakes a dormant run, which
+        sets up the reference store: see :mod:`pytest_mps.plugin.activation`)."""
         if self._references is None:
+            from pytest_mps.plugin.activation import wake
             from pytest_mps.references import ReferenceCache
+
+            wake(self.config)
 
             self._references = ReferenceCache()
             if self.store_factory is not None:

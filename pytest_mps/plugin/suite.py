@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from pytest_mps.plugin.session import session_of
-from pytest_mps.plugin.terminal import SUITE_PROPERTY
 
 if TYPE_CHECKING:
     from pytest_mps.isolation import WorkerPool
@@ -26,9 +25,11 @@ if TYPE_CHECKING:
     from pytest_mps.suite.settings import PipelineSpec, SuiteSettings
     from pytest_mps.target import Target
 
-__all__ = ["SuiteCheck", "mps_suite", "mps_suite_pipeline"]
+__all__ = ["SUITE_PROPERTY", "SuiteCheck", "mps_suite", "mps_suite_pipeline"]
 
 _FIXTURE = "mps_suite_pipeline"
+#: The user property naming a bundled-suite test's pipeline and check (``label::check``).
+SUITE_PROPERTY = "mps_suite"
 
 
 @dataclass
@@ -52,6 +53,14 @@ class SuiteState:
 
 
 _STATE = pytest.StashKey[SuiteState]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    install(config)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    close(config)
 
 
 def install(config: pytest.Config) -> None:

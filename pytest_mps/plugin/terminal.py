@@ -10,10 +10,7 @@ import pytest
 
 from pytest_mps.plugin.session import session_of
 
-__all__ = ["SUITE_PROPERTY", "header_lines", "summary"]
-
-#: The user property naming a bundled-suite test's pipeline and check (``label::check``).
-SUITE_PROPERTY = "mps_suite"
+__all__ = ["header_lines", "summary"]
 
 
 def header_lines(config: pytest.Config) -> list[str]:
@@ -27,14 +24,17 @@ def header_lines(config: pytest.Config) -> list[str]:
     else:
         target_text = "target none"
     lines = [f"mps: {target_text} | {session.cheap_environment().summary()}"]
-    from pytest_mps.plugin.suite import suite_header
+    from pytest_mps.plugin.activation import SUITE_PART
 
-    lines += suite_header(config)
+    suite = config.pluginmanager.get_plugin(SUITE_PART)  # registered only where the suite runs
+    if suite is not None:
+        lines += suite.suite_header(config)
     return lines
 
 
 def _suite_rows(config: pytest.Config) -> tuple[list[str], dict[str, list[dict[str, Any]]], dict, dict]:
     from pytest_mps.plugin.reports import collector_of
+    from pytest_mps.plugin.suite import SUITE_PROPERTY
 
     collector = collector_of(config)
     results: dict[str, list[dict[str, Any]]] = {}
@@ -89,9 +89,10 @@ def _emulation_notes(config: pytest.Config, session: Any, collector: Any) -> lis
 
 def summary(terminalreporter: Any, config: pytest.Config) -> None:
     """Everything pytest-mps prints at the end of the run."""
+    from pytest_mps.plugin.activation import is_worker
     from pytest_mps.plugin.references import reference_lines
     from pytest_mps.plugin.reports import collector_of, facts_of
-    from pytest_mps.plugin.xdist import is_worker
+    from pytest_mps.plugin.suite import SUITE_PROPERTY
 
     if is_worker(config):
         return

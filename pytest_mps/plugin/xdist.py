@@ -1,7 +1,8 @@
 """pytest-xdist support: only the controller writes reports and shared files; workers send what it needs
 (results travel in test reports' ``user_properties``; images, reference counts, the environment and the
 target through ``workeroutput``); and only one worker at a time uses the real MPS device
-(``--mps-xdist-workers N`` allows more). The hooks are registered only when pytest-xdist is installed."""
+(``--mps-xdist-workers N`` allows more). The hooks are registered only when pytest-xdist distributes
+the run: in its workers, and in a controller with ``-n`` (see :mod:`.activation`)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from pytest_mps.plugin.activation import is_worker
 from pytest_mps.plugin.session import session_of
 
 if TYPE_CHECKING:
@@ -27,11 +29,6 @@ WORKER_KEY = "pytest_mps"
 _LOCK_FOLDER = "pytest-mps-locks"
 #: Fixtures (and the marker) through which a test reaches the target device.
 DEVICE_FIXTURES = frozenset({"mps_pipeline", "mps_device", "mps_device_lock"})
-
-
-def is_worker(config: pytest.Config) -> bool:
-    """True in a pytest-xdist worker."""
-    return hasattr(config, "workerinput")
 
 
 def worker_input(config: pytest.Config) -> dict[str, Any] | None:
@@ -120,6 +117,15 @@ def uses_device(item: pytest.Item) -> bool:
     """Whether a test reaches the target device (its fixtures, or the ``mps`` marker)."""
     names = set(getattr(item, "fixturenames", ()))
     return bool(names & DEVICE_FIXTURES) or item.get_closest_marker("mps") is not None
+
+
+def install(config: pytest.Config, session: MPSSession) -> None:
+    """pytest-mps's side of a pytest-xdist run: a worker's device lock, a controller's hooks."""
+    install_worker_lock(config, session)
+    if not is_worker(config):
+        hooks = XdistHooks(session)
+        config.stash[XDIST_KEY] = hooks
+        config.pluginmanager.register(hooks, "pytest-mps-xdist")
 
 
 def install_worker_lock(config: pytest.Config, session: MPSSession) -> None:

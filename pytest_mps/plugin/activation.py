@@ -1,0 +1,158 @@
+"""When pytest-mps's machinery loads. A run that asks nothing of pytest-mps stays *dormant*: pytest
+imports the plugin's hooks, markers and fixtures, and nothing else. The run *wakes* (:func:`wake`):
+
+- at start-up, when it asks for something (:func:`wakes_at_start`): a report, a receipt, a reference
+  folder, crash isolation or pipelines for the bundled suite, or pytest-xdist distributes it;
+- when collection finishes, if a collected test involves pytest-mps (:func:`involves_mps`);
+- at the first use of the machinery: a check's CPU reference, a recorded result, the reference setup or
+  the run's facts (each asks :func:`wake` first).
+
+Awake, the run sets up its reference store, collects its facts and results (:mod:`.reports`) and, under
+pytest-xdist, its worker hooks (:mod:`.xdist`). The bundled suite's part (:mod:`.suite`) is registered
+when pipelines are named or when pytest collects the suite's module; crash isolation's part
+(:mod:`.isolation`) only with ``--mps-isolate``. A leaf of the start-up: it imports the rest on waking.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from pytest_mps.plugin.session import session_of
+
+__all__ = [
+    "awake",
+    "distributes",
+    "involves_mps",
+    "is_worker",
+    "register_part",
+    "target_line_at_start",
+    "wake",
+    "wakes_at_start",
+]
+
+SUITE_PART = "pytest_mps.plugin.suite"
+ISOLATION_PART = "pytest_mps.plugin.isolation"
+#: the folder of the bundled suite's test module (``pytest_mps/suite``)
+_SUITE_FOLDER = Path(__file__).resolve().parent.parent / "suite"
+
+_AWAKE_KEY = pytest.StashKey[bool]()
+_ITEMS_KEY = pytest.StashKey["list[pytest.Item]"]()
+
+
+def is_worker(config: pytest.Config) -> bool:
+    """True in a pytest-xdist worker."""
+    return hasattr(config, "workerinput")
+
+
+def distributes(config: pytest.Config) -> bool:
+    """True in a pytest-xdist controller that hands the tests to workers (``-n``, ``--dist``)."""
+    dist = getattr(config.option, "dist", "no")
+    return config.pluginmanager.hasplugin("xdist") and not is_worker(config) and dist not in (None, "no")
+
+
+def wakes_at_start(config: pytest.Config) -> bool:
+    """Whether the run asks pytest-mps for something before any test is collected."""
+    settings = session_of(config).settings
+    asked = (
+        settings.report_json,
+        settings.report_md,
+        settings.report_html,
+        settings.receipt,
+        settings.references,
+    )
+    return (
+        any(value is not None for value in asked)
+        or bool(settings.isolate or settings.pipelines)
+        or is_worker(config)
+        or distributes(config)
+    )
+
+
+def target_line_at_start(config: pytest.Config) -> bool:
+    """Whether pytest's header shows the target and environment line: in a run that asks for
+    pytest-mps at start-up or names a target. Otherwise the line follows collection in a run that woke
+    by then, and a dormant run shows none (finding the environment costs more than the rest of the
+    plugin's start-up)."""
+    return wakes_at_start(config) or session_of(config).requested != "auto"
+
+
+def awake(config: pytest.Config) -> bool:
+    """Whether the run's machinery is loaded."""
+    return config.stash.get(_AWAKE_KEY, False)
+
+
+def wake(config: pytest.Config) -> None:
+    """Load the run's machinery (once; each later call does nothing): the reference store, the run's
+    facts and, under pytest-xdist, its hooks. Woken after collection, the results take its order."""
+    if awake(config):
+        return
+    config.stash[_AWAKE_KEY] = True
+    from pytest_mps.plugin import references, reports
+
+    references.install(config)
+    reports.install(config)
+    if is_worker(config) or distributes(config):
+        from pytest_mps.plugin import xdist
+
+        xdist.install(config, session_of(config))
+    items = config.stash.get(_ITEMS_KEY, None)
+    if items is not None:
+        reports.collector_of(config).set_order([item.nodeid for item in items])
+
+
+def register_part(config: pytest.Config, name: str) -> ModuleType | None:
+    """Register one of the plugin's parts that only some runs need (its ``pytest_configure`` runs at
+    once); None when ``-p no:NAME`` blocks it."""
+    manager = config.pluginmanager
+    part = manager.get_plugin(name)
+    if part is None and not manager.is_blocked(name):
+        import importlib
+
+        part = importlib.import_module(name)
+        manager.register(part, name)
+    return part
+
+
+def involves_mps(config: pytest.Config, items: list[pytest.Item]) -> bool:
+    """Whether the collected tests involve pytest-mps: the emulated device spans the session, or the
+    test modules imported it (an emulated Metal abort in any test is noted in its report), or a test
+    carries one of the plugin's markers, uses one of its fixtures or is a bundled-suite test (whose
+    fixture is the plugin's)."""
+    from pytest_mps.plugin import plugin_fixtures
+    from pytest_mps.plugin.markers import MARKED_KEY
+
+    if session_of(config).emulation is not None or "pytest_mps.emulation" in sys.modules:
+        return True
+    if config.stash.get(MARKED_KEY, False):
+        return True
+    fixtures = plugin_fixtures(config)
+    return any(not fixtures.isdisjoint(getattr(item, "fixturenames", ())) for item in items)
+
+
+# --- hooks ---------------------------------------------------------------------------------------
+
+
+def pytest_pycollect_makemodule(module_path: Path, parent: Any) -> None:
+    """The bundled suite's module is about to be collected: its part must be there first."""
+    folder = module_path.parent
+    if folder.name == _SUITE_FOLDER.name and folder.resolve() == _SUITE_FOLDER:
+        register_part(parent.config, SUITE_PART)
+
+
+@pytest.hookimpl(tryfirst=True)  # before the terminal asks for the lines that follow collection
+def pytest_collection_finish(session: pytest.Session) -> None:
+    config = session.config
+    config.stash[_ITEMS_KEY] = session.items
+    if awake(config):
+        from pytest_mps.plugin import reports
+
+        reports.collector_of(config).set_order([item.nodeid for item in session.items])
+    if involves_mps(config, session.items):
+        from pytest_mps.plugin.reports import read_test_reports
+
+        read_test_reports(config)
