@@ -118,14 +118,14 @@ def test_the_plugin_costs_pytest_no_extra_entry_point_scan(tmp_path: Path) -> No
     assert with_plugin["entry_point_scans"] == without["entry_point_scans"], (with_plugin, without)
 
 
-def test_plain_tests_pay_for_no_per_test_hook_but_its_setup(tmp_path: Path) -> None:
-    """A run of plain tests reads no test report and isolates nothing: only the setup hook, which
-    notes the running test for the checks it may call, runs per test."""
+def test_plain_tests_pay_for_no_per_test_hook(tmp_path: Path) -> None:
+    """A run of plain tests reads no test report, isolates nothing and notes no running test (a check
+    such a test calls finds it by what pytest says is running)."""
     seen = _run(tmp_path, "def test_a():\n    pass\n\ndef test_b():\n    pass\n")
     assert seen["per_test_hooks"] == {
         "pytest_runtest_logreport": [],
         "pytest_runtest_protocol": [],
-        "pytest_runtest_setup": ["pytest_mps.plugin.markers"],
+        "pytest_runtest_setup": [],
     }, seen
 
 
@@ -144,6 +144,7 @@ def test_a_run_that_involves_the_plugin_reads_every_test_report(
 ) -> None:
     seen = _run(tmp_path, source, *args)
     assert seen["per_test_hooks"]["pytest_runtest_logreport"] == ["pytest-mps-test-reports"], seen
+    assert seen["per_test_hooks"]["pytest_runtest_setup"] == ["pytest-mps-test-setup"], seen
     assert seen["per_test_hooks"]["pytest_runtest_protocol"] == [], seen
 
 
@@ -153,23 +154,32 @@ def test_isolation_adds_its_per_test_hook(tmp_path: Path) -> None:
 
 
 def test_a_plain_test_that_calls_a_check_still_records_its_result(pytester: pytest.Pytester) -> None:
-    """No marker, no fixture: the run starts reading test reports when the check asks for its test's
-    context, so the result reaches the session table (a plain test before it is not listed)."""
+    """No marker, no fixture, nothing of pytest-mps imported at collection: the run is dormant until
+    the check asks for its test's context, finds the test by what pytest says is running, and wakes;
+    both results reach the session table (a plain test before them is not listed). In a fresh process:
+    this one imported the emulated device, which would wake the run at collection."""
     pytester.makepyfile(
         f"""
-        from diffusers import DDPMPipeline
-        from pytest_mps import assert_cpu_parity
+        def _check():
+            from diffusers import DDPMPipeline
+            from pytest_mps import assert_cpu_parity
+
+            assert_cpu_parity(DDPMPipeline.from_pretrained({str(FIXTURES / "tiny-ddpm")!r}))
 
         def test_plain():
             pass
 
         def test_calls_a_check():
-            assert_cpu_parity(DDPMPipeline.from_pretrained({str(FIXTURES / "tiny-ddpm")!r}))
+            _check()
+
+        def test_calls_it_again():
+            _check()
         """
     )
-    result = pytester.runpytest("--mps-device", "cpu", "-p", "no:cacheprovider")
-    result.assert_outcomes(passed=2)
-    result.stdout.fnmatch_lines(["*pytest-mps*", "*tiny-ddpm*cpu_parity*passed*"])
+    result = pytester.runpytest_subprocess("--mps-device", "cpu", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=3)
+    table = result.stdout.str().split("= pytest-mps =")[-1]
+    assert table.count("cpu_parity") == 2, result.stdout.str()
 
 
 def test_a_plain_run_imports_only_the_start_up_modules(tmp_path: Path) -> None:

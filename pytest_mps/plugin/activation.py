@@ -7,8 +7,9 @@ imports the plugin's hooks, markers and fixtures, and nothing else. The run *wak
 - at the first use of the machinery: a check's CPU reference, a recorded result, the reference setup or
   the run's facts (each asks :func:`wake` first).
 
-Awake, the run sets up its reference store, collects its facts and results (:mod:`.reports`) and, under
-pytest-xdist, its worker hooks (:mod:`.xdist`). The bundled suite's part (:mod:`.suite`) is registered
+Awake, the run registers the per-test setup hook (:mod:`.markers`), sets up its reference store,
+collects its facts and results (:mod:`.reports`) and, under pytest-xdist, its worker hooks
+(:mod:`.xdist`). The bundled suite's part (:mod:`.suite`) is registered
 when pipelines are named or when pytest collects the suite's module; crash isolation's part
 (:mod:`.isolation`) only with ``--mps-isolate``. A leaf of the start-up: it imports the rest on waking.
 """
@@ -26,6 +27,7 @@ from pytest_mps.plugin.session import session_of
 
 __all__ = [
     "awake",
+    "collected_item",
     "distributes",
     "involves_mps",
     "is_worker",
@@ -42,6 +44,7 @@ _SUITE_FOLDER = Path(__file__).resolve().parent.parent / "suite"
 
 _AWAKE_KEY = pytest.StashKey[bool]()
 _ITEMS_KEY = pytest.StashKey["list[pytest.Item]"]()
+_BY_ID_KEY = pytest.StashKey["tuple[list[pytest.Item], dict[str, pytest.Item]]"]()
 
 
 def is_worker(config: pytest.Config) -> bool:
@@ -92,8 +95,9 @@ def wake(config: pytest.Config) -> None:
     if awake(config):
         return
     config.stash[_AWAKE_KEY] = True
-    from pytest_mps.plugin import references, reports
+    from pytest_mps.plugin import markers, references, reports
 
+    markers.install_setup_hook(config)
     references.install(config)
     reports.install(config)
     if is_worker(config) or distributes(config):
@@ -103,6 +107,17 @@ def wake(config: pytest.Config) -> None:
     items = config.stash.get(_ITEMS_KEY, None)
     if items is not None:
         reports.collector_of(config).set_order([item.nodeid for item in items])
+
+
+def collected_item(config: pytest.Config, nodeid: str) -> pytest.Item | None:
+    """The collected test with this node id (None before collection finishes, or for none)."""
+    items = config.stash.get(_ITEMS_KEY, None)
+    if not items:
+        return None
+    by_id = config.stash.get(_BY_ID_KEY, None)
+    if by_id is None or by_id[0] is not items:
+        by_id = config.stash[_BY_ID_KEY] = (items, {item.nodeid: item for item in items})
+    return by_id[1].get(nodeid)
 
 
 def register_part(config: pytest.Config, name: str) -> ModuleType | None:

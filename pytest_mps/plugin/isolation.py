@@ -201,7 +201,7 @@ class ProjectIsolation:
             properties.append(_crashed_result(self.config, item, outcome.running, death, lines))
         expected = None
         if when == "call":  # a crash is the test's failure: an xfail test expected it
-            from pytest_mps.plugin.markers import expected_crash_reason
+            from pytest_mps.plugin.running_test import expected_crash_reason
 
             expected = expected_crash_reason(item)
         self._log_failure(item, when, lines, outcome.stderr or death.stderr, properties, xfail=expected)

@@ -1,12 +1,11 @@
 """The pytest side of the markers (:mod:`pytest_mps.markers` parses them, :mod:`pytest_mps.gating`
-decides): parsing at collection, so a malformed marker is a collection error that names the test; the
-skip or expected failure each test gets; the check context each test runs in; and the crash note of an
-emulated Metal abort."""
+decides): their registration, parsing at collection, so a malformed marker is a collection error that
+names the test, and the skip or expected failure each test gets. Loaded at every start-up; the running
+test's check context and what a crash of it means are :mod:`.running_test`'s, loaded on first need."""
 
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any
 
@@ -18,14 +17,7 @@ if TYPE_CHECKING:
     from pytest_mps.context import CheckContext
     from pytest_mps.markers import Parsed
 
-__all__ = [
-    "MARKED_KEY",
-    "MARKER_LINES",
-    "PARSED_KEY",
-    "PROVIDERS",
-    "expected_crash_reason",
-    "xfail_mps_reason",
-]
+__all__ = ["MARKED_KEY", "MARKER_LINES", "PARSED_KEY", "PROVIDERS", "install_setup_hook", "parsed_markers"]
 
 #: The plugin's marker names and their one-line registrations (what ``pytest --markers`` lists); the
 #: parser of their arguments (:mod:`pytest_mps.markers`) is imported only when a collected test carries
@@ -56,7 +48,6 @@ PROVIDERS: list[Callable[[], CheckContext | None]] = []
 PARSED_KEY = pytest.StashKey["tuple[Parsed, ...]"]()
 #: set in a run where some collected test carries a pytest-mps marker
 MARKED_KEY = pytest.StashKey[bool]()
-_CONTEXT_KEY = pytest.StashKey["CheckContext"]()
 _PROVIDER_KEY = pytest.StashKey[Callable[[], "CheckContext | None"]]()
 
 
@@ -78,24 +69,10 @@ def unregister(config: pytest.Config) -> None:
 
 
 def _running_context(config: pytest.Config) -> CheckContext | None:
-    """The context of the test running now (from its setup to its teardown), built on first need."""
-    from pytest_mps.plugin.reports import reads_test_reports
+    """The provider of the running test's check context (see :mod:`.running_test`)."""
+    from pytest_mps.plugin.running_test import running_context
 
-    session = session_of(config)
-    item = session.current_item
-    if item is None:
-        return None
-    if not reads_test_reports(config) and not os.environ.get("PYTEST_CURRENT_TEST", "").startswith(
-        f"{item.nodeid} ("
-    ):
-        # A run of plain tests so far (the first recorded result starts the reading of reports, see
-        # MPSSession.record): nothing cleared the test at its teardown, and it is no longer running.
-        session.current_item = None
-        return None
-    context = item.stash.get(_CONTEXT_KEY, None)
-    if context is None:
-        context = item.stash[_CONTEXT_KEY] = context_for(item)
-    return context
+    return running_context(config)
 
 
 def _parse_item_markers(item: pytest.Item) -> tuple[Parsed, ...]:
@@ -156,91 +133,41 @@ def pytest_make_collect_report(collector: pytest.Collector) -> Generator[None, A
     return report
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_runtest_setup(item: pytest.Item) -> None:
-    """The test starts (its checks see its context until its teardown is reported); skip or expect
-    failure as its markers, the target and the environment decide."""
-    session_of(item.config).current_item = item
-    parsed = parsed_markers(item)
-    if not parsed:
-        return
-    from pytest_mps.gating import decide  # here: a test without pytest-mps markers never needs it
+class SetupHook:
+    """The per-test setup hook, registered when the run wakes (:func:`install_setup_hook`): a dormant
+    run, whose tests carry no marker and use no fixture of the plugin's, pays for no per-test hook."""
 
-    session = session_of(item.config)
-    decision = decide(parsed, session.target, session.environment)
-    if decision.skip_reason:
-        # A skip mark (evaluated by pytest's own skipping plugin right after this hook) reports the
-        # test's location, not this file's.
-        item.add_marker(pytest.mark.skip(reason=decision.skip_reason))
-        return
-    if decision.xfail is not None:
-        mark = decision.xfail
-        kwargs: dict[str, Any] = {"reason": xfail_mps_reason(mark, session.target), "strict": mark.strict}
-        if mark.raises is not None:
-            kwargs["raises"] = mark.raises
-        item.add_marker(pytest.mark.xfail(**kwargs))
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_setup(self, item: pytest.Item) -> None:
+        """The test starts (its checks see its context until its teardown is reported); skip or expect
+        failure as its markers, the target and the environment decide."""
+        session_of(item.config).current_item = item
+        parsed = parsed_markers(item)
+        if not parsed:
+            return
+        from pytest_mps.gating import decide  # here: a test without pytest-mps markers never needs it
 
+        session = session_of(item.config)
+        decision = decide(parsed, session.target, session.environment)
+        if decision.skip_reason:
+            # A skip mark (evaluated by pytest's own skipping plugin right after this hook) reports the
+            # test's location, not this file's.
+            item.add_marker(pytest.mark.skip(reason=decision.skip_reason))
+            return
+        if decision.xfail is not None:
+            mark = decision.xfail
+            from pytest_mps.plugin.running_test import xfail_mps_reason
 
-def xfail_mps_reason(mark: Any, target: Any) -> str:
-    """The xfail reason an applying ``xfail_mps`` marker gives its test."""
-    return f"[xfail_mps] {mark.reason or f'expected to fail on {target.label}'}"
-
-
-def expected_crash_reason(item: pytest.Item) -> str | None:
-    """Why a crash (or hang) of ``item``'s call, in an isolated worker, is its expected failure: an
-    applying xfail mark (pytest's, or ``xfail_mps`` as the target and environment decide) that runs the
-    test and names no ``raises=`` (a crash is no exception type). None when the crash is a failure."""
-    from _pytest.skipping import evaluate_xfail_marks
-
-    xfailed = evaluate_xfail_marks(item)
-    if xfailed is not None and xfailed.run and xfailed.raises is None:
-        return xfailed.reason
-    parsed = parsed_markers(item)
-    if not parsed:
-        return None
-    from pytest_mps.gating import decide
-
-    session = session_of(item.config)
-    decision = decide(parsed, session.target, session.environment)
-    mark = decision.xfail
-    if decision.skip_reason or mark is None or mark.raises is not None:
-        return None
-    return xfail_mps_reason(mark, session.target)
+            kwargs: dict[str, Any] = {"reason": xfail_mps_reason(mark, session.target), "strict": mark.strict}
+            if mark.raises is not None:
+                kwargs["raises"] = mark.raises
+            item.add_marker(pytest.mark.xfail(**kwargs))
 
 
-def context_for(item: pytest.Item) -> CheckContext:
-    """The check context of a test: the target, its tolerance marker, the ini tolerances, the shared
-    references, and a sink that records each result with the test."""
-    from pytest_mps.context import CheckContext
-    from pytest_mps.markers import MpsTolerance
-
-    session = session_of(item.config)
-    marker = next((m.values for m in parsed_markers(item) if isinstance(m, MpsTolerance)), {})
-    return CheckContext(
-        target=session.target,
-        marker_tolerance=marker,
-        ini_tolerance=session.settings.ini_tolerance,
-        references=session.references,
-        record=lambda result: session.record(item, result),
-        nodeid=item.nodeid,
-        localize=session.settings.localize,
-        on_start=lambda check, pipe: session.check_started(item, check, pipe),
-    )
+def install_setup_hook(config: pytest.Config) -> None:
+    """Register the per-test setup hook (once per run)."""
+    if config.pluginmanager.get_plugin(_SETUP_HOOK) is None:
+        config.pluginmanager.register(SetupHook(), _SETUP_HOOK)
 
 
-def note_crash(report: pytest.TestReport) -> None:
-    """An emulated Metal abort (a buffer of 2**32 bytes or more) is a crash on a Mac: say so in the
-    failed report (a section and the ``mps:crash`` property). Called with every failed call report, in
-    the plugin's report hook: no wrapper around every test."""
-    crash = getattr(getattr(report, "longrepr", None), "reprcrash", None)
-    message = str(getattr(crash, "message", "") or "")
-    kind, _, text = message.partition(":")
-    if kind.rsplit(".", 1)[-1].strip() != "MPSAbortError":
-        return
-    if any(name == "mps:crash" for name, _ in report.user_properties):
-        return  # noted already (in the pytest-xdist worker that ran it)
-    text = text.strip().splitlines()[0] if text.strip() else "MPSAbortError"
-    report.sections.append(
-        ("pytest-mps crash", f"CRASH: on a Mac this aborts the whole process (SIGABRT): {text}")
-    )
-    report.user_properties.append(("mps:crash", text))
+_SETUP_HOOK = "pytest-mps-test-setup"

@@ -124,7 +124,7 @@ class ReportHooks:
         if when == "teardown":
             self.session.current_item = None
         elif when == "call" and report.outcome == "failed":
-            from pytest_mps.plugin.markers import note_crash
+            from pytest_mps.plugin.running_test import note_crash
 
             note_crash(report)
         self.collector.add_report(report)
