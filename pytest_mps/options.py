@@ -171,7 +171,17 @@ class _Frozen:
     def __eq__(self, other: object) -> bool:
         return type(other) is type(self) and self._asdict() == other._asdict()  # type: ignore[attr-defined]
 
-    __hash__ = None  # type: ignore[assignment]
+    def __hash__(self) -> int:
+        return hash(tuple(self._asdict().values()))  # (a TypeError where a field cannot be hashed)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Copies and pickles are made through ``__init__`` (fields cannot be set afterwards)."""
+        fields = {k: dict(v) if isinstance(v, MappingProxyType) else v for k, v in self._asdict().items()}
+        return (_rebuild, (type(self), fields))
+
+
+def _rebuild(cls: type[_Frozen], fields: dict[str, Any]) -> _Frozen:
+    return cls(**fields)
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{name}={value!r}" for name, value in self._asdict().items())

@@ -223,3 +223,28 @@ def test_the_suite_part_is_registered_only_where_the_suite_runs(tmp_path: Path) 
     )
     assert "no pipelines to check: pass --mps-pipelines PATH" in out.stdout, out.stdout + out.stderr
     assert " skipped" in out.stdout and "error" not in out.stdout.lower(), out.stdout
+
+
+def test_pytest_xdist_options_that_distribute_nothing_leave_the_run_dormant(tmp_path: Path) -> None:
+    """``--dist`` without ``-n`` (an ``addopts`` habit) sends no test anywhere: pytest-xdist's own rule."""
+    seen = _run(tmp_path, "def test_a():\n    pass\n", "--dist", "loadgroup")
+    assert set(seen["modules"]) == DORMANT_MODULES, seen["modules"]
+
+
+def test_a_run_that_wakes_inside_a_pytester_test_ends_cleanly(pytester: pytest.Pytester) -> None:
+    """pytester restores ``sys.modules`` when its test ends, so the modules a run first imported in
+    that test are imported afresh at the session's end: their state must still be found there."""
+    pytester.makeconftest('pytest_plugins = ["pytester"]\n')
+    pytester.makepyfile(
+        """
+        from pytest_mps.context import current_context
+        from pytest_mps.results import CheckResult
+
+        def test_records_inside(pytester):
+            current_context().record(CheckResult(check="cpu_parity", pipeline="p", target="cpu"))
+        """
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str(), result.stdout.str()
+    result.assert_outcomes(passed=1)
+    assert result.ret == 0

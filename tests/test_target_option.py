@@ -137,3 +137,17 @@ def test_settings_are_frozen_records_of_the_options_with_their_defaults() -> Non
     assert changed == Settings(device="cpu", steps=5, sources={"steps": "ini"}) != settings
     with pytest.raises(TypeError, match="no field stpes"):
         Settings(stpes=3)
+
+
+def test_settings_and_options_copy_pickle_and_hash_as_named_tuples_did() -> None:
+    import copy
+    import pickle
+
+    from pytest_mps.options import Settings, option
+
+    settings = Settings(steps=3, sources={"steps": "ini"})
+    for twin in (copy.copy(settings), copy.deepcopy(settings), pickle.loads(pickle.dumps(settings))):
+        assert twin == settings and dict(twin.sources) == {"steps": "ini"}
+    steps = option("steps")
+    assert pickle.loads(pickle.dumps(steps)) == copy.copy(steps) == steps
+    assert hash(copy.copy(steps)) == hash(steps) and {steps: 1}[copy.copy(steps)] == 1

@@ -5,11 +5,12 @@
 - :mod:`~pytest_mps.plugin.session`: the run's state (target, environment, pipelines, references);
 - :mod:`~pytest_mps.plugin.activation`: when the rest loads (a run that asks nothing of pytest-mps
   loads only the hooks, markers and fixtures);
-- :mod:`~pytest_mps.plugin.markers`: markers, gating, and each test's check context;
+- :mod:`~pytest_mps.plugin.markers`: markers and gating (:mod:`~pytest_mps.plugin.running_test`: the
+  running test's check context and crashes, loaded on first need);
 - :mod:`~pytest_mps.plugin.fixtures`: ``mps_pipeline``, ``mps_device``, ``mps_target``...;
 - :mod:`~pytest_mps.plugin.suite`: the bundled suite (``pytest-mps check``);
 - :mod:`~pytest_mps.plugin.references`, :mod:`~pytest_mps.plugin.reports`: stored references and reports;
-- :mod:`~pytest_mps.plugin.xdist`: pytest-xdist (only when it is installed);
+- :mod:`~pytest_mps.plugin.xdist`: pytest-xdist (only when it distributes the run);
 - :mod:`~pytest_mps.plugin.isolation`: crash isolation of a project's device tests (``--mps-isolate``);
 - :mod:`~pytest_mps.plugin.terminal`: the header and the end-of-run tables;
 - :mod:`~pytest_mps.plugin.hookspecs`: pytest-mps's own hooks.

@@ -19,11 +19,14 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from pytest_mps.plugin.session import session_of
+
+if TYPE_CHECKING:
+    pass
 
 __all__ = [
     "awake",
@@ -46,6 +49,17 @@ _AWAKE_KEY = pytest.StashKey[bool]()
 _ITEMS_KEY = pytest.StashKey["list[pytest.Item]"]()
 _BY_ID_KEY = pytest.StashKey["tuple[list[pytest.Item], dict[str, pytest.Item]]"]()
 
+# The keys of the woken run's state, defined here, in a module every run imports at start-up: a module
+# first imported during a test can be imported afresh later (pytester's fixture restores ``sys.modules``
+# at its teardown), and a key made by the new copy would not find what the first one stored.
+FACTS_KEY = pytest.StashKey["RunFacts"]()  # plugin/reports.py
+REFERENCES_KEY = pytest.StashKey["ReferenceSetup"]()  # plugin/references.py
+SUITE_KEY = pytest.StashKey["SuiteState"]()  # plugin/suite.py
+ISOLATION_KEY = pytest.StashKey["ProjectIsolation"]()  # plugin/isolation.py
+XDIST_KEY = pytest.StashKey["XdistHooks"]()  # plugin/xdist.py
+LOCK_KEY = pytest.StashKey["DeviceLock"]()  # plugin/xdist.py
+CONTEXT_KEY = pytest.StashKey["CheckContext"]()  # plugin/running_test.py (on each item)
+
 
 def is_worker(config: pytest.Config) -> bool:
     """True in a pytest-xdist worker."""
@@ -53,9 +67,14 @@ def is_worker(config: pytest.Config) -> bool:
 
 
 def distributes(config: pytest.Config) -> bool:
-    """True in a pytest-xdist controller that hands the tests to workers (``-n``, ``--dist``)."""
-    dist = getattr(config.option, "dist", "no")
-    return config.pluginmanager.hasplugin("xdist") and not is_worker(config) and dist not in (None, "no")
+    """True in a pytest-xdist controller that hands the tests to workers: pytest-xdist's own rule (a
+    distribution mode and somewhere to send tests, ``-n`` or ``--tx``), not when only collecting."""
+    if not config.pluginmanager.hasplugin("xdist") or is_worker(config):
+        return False
+    option = config.option
+    if getattr(option, "collectonly", False):
+        return False
+    return getattr(option, "dist", "no") not in (None, "no") and bool(getattr(option, "tx", None))
 
 
 def wakes_at_start(config: pytest.Config) -> bool:
@@ -94,16 +113,20 @@ def wake(config: pytest.Config) -> None:
     facts and, under pytest-xdist, its hooks. Woken after collection, the results take its order."""
     if awake(config):
         return
-    config.stash[_AWAKE_KEY] = True
+    config.stash[_AWAKE_KEY] = True  # first: installing reads the facts and the references again
     from pytest_mps.plugin import markers, references, reports
 
-    markers.install_setup_hook(config)
-    references.install(config)
-    reports.install(config)
-    if is_worker(config) or distributes(config):
-        from pytest_mps.plugin import xdist
+    try:
+        markers.install_setup_hook(config)
+        references.install(config)
+        reports.install(config)
+        if is_worker(config) or distributes(config):
+            from pytest_mps.plugin import xdist
 
-        xdist.install(config, session_of(config))
+            xdist.install(config, session_of(config))
+    except BaseException:
+        config.stash[_AWAKE_KEY] = False  # (a usage error: a folder that is a file, no receipt key)
+        raise
     items = config.stash.get(_ITEMS_KEY, None)
     if items is not None:
         reports.collector_of(config).set_order([item.nodeid for item in items])
@@ -152,6 +175,7 @@ def involves_mps(config: pytest.Config, items: list[pytest.Item]) -> bool:
 # --- hooks ---------------------------------------------------------------------------------------
 
 
+@pytest.hookimpl(tryfirst=True)  # a first-result hook: before any plugin that makes the module
 def pytest_pycollect_makemodule(module_path: Path, parent: Any) -> None:
     """The bundled suite's module is about to be collected: its part must be there first."""
     folder = module_path.parent

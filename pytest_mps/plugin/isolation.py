@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from pytest_mps.plugin.activation import ISOLATION_KEY
 from pytest_mps.plugin.session import session_of
 
 if TYPE_CHECKING:
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
 
 __all__ = ["ProjectIsolation", "isolates", "worker_emulation_notes", "worker_reference_stats"]
 
-_KEY = pytest.StashKey["ProjectIsolation"]()
+_KEY = ISOLATION_KEY
 #: The user properties a crashed test's report carries (JUnit XML shows them).
 CRASH_PROPERTY = "mps:crash"
 STDERR_PROPERTY = "mps:worker_stderr"

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from pytest_mps.plugin.activation import REFERENCES_KEY
 from pytest_mps.plugin.session import session_of
 
 if TYPE_CHECKING:
@@ -57,7 +58,7 @@ class ReferenceSetup:
         return self._store
 
 
-_SETUP_KEY = pytest.StashKey[ReferenceSetup]()
+_SETUP_KEY = REFERENCES_KEY
 
 
 def _choose(config: pytest.Config) -> tuple[str, Path | None]:

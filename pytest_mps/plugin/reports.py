@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from pytest_mps.plugin.activation import distributes, is_worker, wake
+from pytest_mps.plugin.activation import FACTS_KEY, distributes, is_worker, wake
 from pytest_mps.plugin.session import session_of
 from pytest_mps.reports.collect import ResultCollector
 
@@ -32,7 +32,7 @@ class RunFacts:
     receipt_failed: bool = False
 
 
-_FACTS_KEY = pytest.StashKey[RunFacts]()
+_FACTS_KEY = FACTS_KEY
 
 
 def facts_of(config: pytest.Config) -> RunFacts:

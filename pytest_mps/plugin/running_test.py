@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from pytest_mps.plugin.activation import CONTEXT_KEY
 from pytest_mps.plugin.markers import parsed_markers
 from pytest_mps.plugin.session import session_of
 
@@ -18,7 +19,7 @@ if TYPE_CHECKING:
 
 __all__ = ["context_for", "expected_crash_reason", "note_crash", "running_context", "xfail_mps_reason"]
 
-_CONTEXT_KEY = pytest.StashKey["CheckContext"]()
+_CONTEXT_KEY = CONTEXT_KEY
 
 
 def running_context(config: pytest.Config) -> CheckContext | None:

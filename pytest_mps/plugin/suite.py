@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from pytest_mps.plugin.activation import SUITE_KEY
 from pytest_mps.plugin.session import session_of
 
 if TYPE_CHECKING:
@@ -52,7 +53,7 @@ class SuiteState:
         return self.pool
 
 
-_STATE = pytest.StashKey[SuiteState]()
+_STATE = SUITE_KEY
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_mps.plugin.activation import is_worker
+from pytest_mps.plugin.activation import LOCK_KEY, XDIST_KEY, is_worker
 from pytest_mps.plugin.session import session_of
 
 if TYPE_CHECKING:
@@ -99,7 +99,7 @@ class DeviceLock:
                         handle.close()
 
 
-_LOCK_KEY = pytest.StashKey[DeviceLock]()
+_LOCK_KEY = LOCK_KEY
 
 
 def device_lock(config: pytest.Config) -> contextlib.AbstractContextManager[None]:
@@ -199,9 +199,6 @@ class XdistHooks:
     def emulation_notes(self) -> list[dict[str, int]]:
         """The workers' emulated-device notes (line -> count), one mapping per worker."""
         return [dict(o.get("emulation_notes") or {}) for o in self.worker_outputs]
-
-
-XDIST_KEY = pytest.StashKey[XdistHooks]()
 
 
 def xdist_hooks(config: pytest.Config) -> XdistHooks | None:
