@@ -120,8 +120,11 @@ def current_context(pipe: Any = None) -> CheckContext:
     """The running test's context, or one inferred from ``pipe``'s device outside pytest."""
     lazy = _CURRENT.get()
     device = getattr(pipe, "device", "cpu")
-    providers = _providers() if lazy is None else []
-    context = lazy.get() if lazy is not None else (providers[-1]() if providers else None)
+    if lazy is not None:
+        context = lazy.get()
+    else:
+        providers = _providers()
+        context = providers[-1]() if providers else None
     if context is not None:
         kind = getattr(device, "type", str(device))
         if pipe is not None and (not context.target.available or context.target.device_type != kind):

@@ -496,6 +496,11 @@ class Settings(_Frozen):
         }
 
     @property
+    def writes_report(self) -> bool:
+        """Whether the run writes a report or a receipt (at its end, from every result)."""
+        return any(p is not None for p in (self.report_json, self.report_md, self.report_html, self.receipt))
+
+    @property
     def timeout_or_none(self) -> float | None:
         """The time limit, ``None`` for none (0)."""
         return self.timeout or None

@@ -19,14 +19,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pytest
 
 from pytest_mps.plugin.session import session_of
-
-if TYPE_CHECKING:
-    pass
 
 __all__ = [
     "awake",
@@ -80,15 +77,9 @@ def distributes(config: pytest.Config) -> bool:
 def wakes_at_start(config: pytest.Config) -> bool:
     """Whether the run asks pytest-mps for something before any test is collected."""
     settings = session_of(config).settings
-    asked = (
-        settings.report_json,
-        settings.report_md,
-        settings.report_html,
-        settings.receipt,
-        settings.references,
-    )
     return (
-        any(value is not None for value in asked)
+        settings.writes_report
+        or settings.references is not None
         or bool(settings.isolate or settings.pipelines)
         or is_worker(config)
         or distributes(config)
@@ -127,8 +118,15 @@ def wake(config: pytest.Config) -> None:
     except BaseException:
         config.stash[_AWAKE_KEY] = False  # (a usage error: a folder that is a file, no receipt key)
         raise
+    _take_order(config)
+
+
+def _take_order(config: pytest.Config) -> None:
+    """Results follow the collection's order (once collection finished and the run is awake)."""
     items = config.stash.get(_ITEMS_KEY, None)
-    if items is not None:
+    if items is not None and awake(config):
+        from pytest_mps.plugin import reports
+
         reports.collector_of(config).set_order([item.nodeid for item in items])
 
 
@@ -187,10 +185,7 @@ def pytest_pycollect_makemodule(module_path: Path, parent: Any) -> None:
 def pytest_collection_finish(session: pytest.Session) -> None:
     config = session.config
     config.stash[_ITEMS_KEY] = session.items
-    if awake(config):
-        from pytest_mps.plugin import reports
-
-        reports.collector_of(config).set_order([item.nodeid for item in session.items])
+    _take_order(config)
     if involves_mps(config, session.items):
         from pytest_mps.plugin.reports import read_test_reports
 

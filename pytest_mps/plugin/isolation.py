@@ -33,7 +33,6 @@ if TYPE_CHECKING:
 
 __all__ = ["ProjectIsolation", "isolates", "worker_emulation_notes", "worker_reference_stats"]
 
-_KEY = ISOLATION_KEY
 #: The user properties a crashed test's report carries (JUnit XML shows them).
 CRASH_PROPERTY = "mps:crash"
 STDERR_PROPERTY = "mps:worker_stderr"
@@ -326,13 +325,13 @@ def _rewarn(config: pytest.Config, message: dict[str, Any]) -> None:
 
 def worker_emulation_notes(config: pytest.Config) -> list[dict[str, int]]:
     """The emulated-device notes of the run's isolated test workers (line -> count, one per worker)."""
-    state = config.stash.get(_KEY, None)
+    state = config.stash.get(ISOLATION_KEY, None)
     return list(state.emulation_notes.values()) if state is not None else []
 
 
 def worker_reference_stats(config: pytest.Config) -> list[dict[str, Any]]:
     """The reference-store counts of the run's isolated test workers (one entry per worker)."""
-    state = config.stash.get(_KEY, None)
+    state = config.stash.get(ISOLATION_KEY, None)
     return list(state.reference_stats.values()) if state is not None else []
 
 
@@ -356,7 +355,7 @@ def pytest_configure(config: pytest.Config) -> None:
     option = config.option
     planning = any(getattr(option, name, False) for name in ("collectonly", "setuponly", "setupplan"))
     if session_of(config).settings.isolate and not planning:  # nothing runs when only planning
-        state = config.stash[_KEY] = ProjectIsolation(config)
+        state = config.stash[ISOLATION_KEY] = ProjectIsolation(config)
         config.pluginmanager.register(_ProtocolHook(state), "pytest-mps-isolation-protocol")
 
 
@@ -371,20 +370,20 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
-    state = session.config.stash.get(_KEY, None)
+    state = session.config.stash.get(ISOLATION_KEY, None)
     if state is not None:
         state.plan(session.items)
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    state = session.config.stash.get(_KEY, None)
+    state = session.config.stash.get(ISOLATION_KEY, None)
     if state is not None:
         state.finish()
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    state = config.stash.get(_KEY, None)
+    state = config.stash.get(ISOLATION_KEY, None)
     if state is not None:
         state.close()
 

@@ -58,9 +58,6 @@ class ReferenceSetup:
         return self._store
 
 
-_SETUP_KEY = REFERENCES_KEY
-
-
 def _choose(config: pytest.Config) -> tuple[str, Path | None]:
     from pytest_mps.plugin.xdist import worker_input
 
@@ -99,7 +96,7 @@ def install(config: pytest.Config) -> ReferenceSetup:
         setup.store  # noqa: B018 - a folder the user named is opened now
     if make is not None:  # the session's reference cache builds it on a check's first need
         session.store_factory = lambda: setup.store
-    config.stash[_SETUP_KEY] = setup
+    config.stash[REFERENCES_KEY] = setup
     return setup
 
 
@@ -115,12 +112,12 @@ def _folder_store(folder: Path | Callable[[], Path], update: bool) -> Callable[[
 def reference_setup(config: pytest.Config) -> ReferenceSetup:
     """This run's :class:`ReferenceSetup` (asking for it wakes a dormant run: see
     :mod:`.activation`)."""
-    setup = config.stash.get(_SETUP_KEY, None)
+    setup = config.stash.get(REFERENCES_KEY, None)
     if setup is None:
         from pytest_mps.plugin.activation import wake
 
         wake(config)
-        setup = config.stash[_SETUP_KEY]
+        setup = config.stash[REFERENCES_KEY]
     return setup
 
 

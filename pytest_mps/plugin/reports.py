@@ -32,15 +32,12 @@ class RunFacts:
     receipt_failed: bool = False
 
 
-_FACTS_KEY = FACTS_KEY
-
-
 def facts_of(config: pytest.Config) -> RunFacts:
     """The run's :class:`RunFacts` (asking for them wakes a dormant run: see :mod:`.activation`)."""
-    facts = config.stash.get(_FACTS_KEY, None)
+    facts = config.stash.get(FACTS_KEY, None)
     if facts is None:
         wake(config)
-        facts = config.stash[_FACTS_KEY]
+        facts = config.stash[FACTS_KEY]
     return facts
 
 
@@ -53,7 +50,7 @@ def install(config: pytest.Config) -> None:
     """Start collecting for this run (and refuse a receipt that could not be signed); done once, by
     :func:`~pytest_mps.plugin.activation.wake`."""
     check_receipt_key(config)
-    config.stash[_FACTS_KEY] = RunFacts()
+    config.stash[FACTS_KEY] = RunFacts()
     config.pluginmanager.register(CollectingHooks(config), "pytest-mps-collecting")
     if reads_reports_from_the_start(config):
         read_test_reports(config)
@@ -69,7 +66,7 @@ def reads_reports_from_the_start(config: pytest.Config) -> bool:
     from pytest_mps.plugin.references import reference_setup
 
     settings = session_of(config).settings
-    if settings.report_json or settings.report_md or settings.report_html or settings.receipt:
+    if settings.writes_report:
         return True
     if reference_setup(config).mode == "folder":
         return True
@@ -191,7 +188,7 @@ def _target(config: pytest.Config, checks: list[dict[str, Any]]) -> dict[str, An
 def write_reports(config: pytest.Config, exitstatus: int) -> None:
     """Write the reports the settings ask for, from every result of the run."""
     settings = session_of(config).settings
-    if not (settings.report_json or settings.report_md or settings.report_html or settings.receipt):
+    if not settings.writes_report:
         return  # before the imports: a run that writes no report does not pay for them
     from pytest_mps.plugin.references import reference_summary
     from pytest_mps.plugin.xdist import xdist_hooks

@@ -19,8 +19,6 @@ if TYPE_CHECKING:
 
 __all__ = ["context_for", "expected_crash_reason", "note_crash", "running_context", "xfail_mps_reason"]
 
-_CONTEXT_KEY = CONTEXT_KEY
-
 
 def running_context(config: pytest.Config) -> CheckContext | None:
     """The context of the test running now (from its setup to its teardown), built on first need: the
@@ -43,9 +41,9 @@ def running_context(config: pytest.Config) -> CheckContext | None:
         if item is None:
             return None
         session.current_item = item
-    context = item.stash.get(_CONTEXT_KEY, None)
+    context = item.stash.get(CONTEXT_KEY, None)
     if context is None:
-        context = item.stash[_CONTEXT_KEY] = context_for(item)
+        context = item.stash[CONTEXT_KEY] = context_for(item)
     return context
 
 

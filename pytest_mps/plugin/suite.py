@@ -53,9 +53,6 @@ class SuiteState:
         return self.pool
 
 
-_STATE = SUITE_KEY
-
-
 def pytest_configure(config: pytest.Config) -> None:
     install(config)
 
@@ -69,7 +66,7 @@ def install(config: pytest.Config) -> None:
     usage error; pickle-only weights and corrupt files are the load check's verdict) and set up."""
     settings = session_of(config).settings
     if not settings.pipelines:  # a project's own run (or the suite without pipelines): no folder to check
-        config.stash[_STATE] = SuiteState(specs=[])
+        config.stash[SUITE_KEY] = SuiteState(specs=[])
         return
     from pytest_mps.pipelines import PipelineLoadError, check_folder
     from pytest_mps.suite.settings import pipeline_specs
@@ -80,7 +77,7 @@ def install(config: pytest.Config) -> None:
         except PipelineLoadError as exc:
             raise pytest.UsageError(str(exc)) from None
     specs = pipeline_specs(settings.pipelines)
-    config.stash[_STATE] = SuiteState(specs=specs, checks=selected_checks(settings))
+    config.stash[SUITE_KEY] = SuiteState(specs=specs, checks=selected_checks(settings))
 
 
 def selected_checks(settings: Settings) -> tuple[str, ...]:
@@ -95,7 +92,7 @@ def selected_checks(settings: Settings) -> tuple[str, ...]:
 
 
 def _state(config: pytest.Config) -> SuiteState:
-    return config.stash[_STATE]
+    return config.stash[SUITE_KEY]
 
 
 def suite_settings(config: pytest.Config) -> SuiteSettings:
@@ -153,7 +150,7 @@ def plan_lines(labels: Sequence[str], target: Target, settings: Settings) -> lis
 
 def suite_header(config: pytest.Config) -> list[str]:
     """The header lines of a run that checks pipelines."""
-    state = config.stash.get(_STATE, None)
+    state = config.stash.get(SUITE_KEY, None)
     if state is None or not state.specs:
         return []
     session = session_of(config)
@@ -166,7 +163,7 @@ def suite_header(config: pytest.Config) -> list[str]:
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if _FIXTURE not in metafunc.fixturenames:
         return
-    state = metafunc.config.stash.get(_STATE, None)
+    state = metafunc.config.stash.get(SUITE_KEY, None)
     specs: Sequence[PipelineSpec | None] = state.specs if state and state.specs else [None]
     metafunc.parametrize(
         _FIXTURE, specs, ids=[s.label if s else "no-pipelines" for s in specs], scope="module", indirect=True
@@ -193,7 +190,7 @@ def _suite_key(item: pytest.Item) -> tuple[str, str] | None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    state = config.stash.get(_STATE, None)
+    state = config.stash.get(SUITE_KEY, None)
     if state is None:
         return
     kept, dropped = [], []
@@ -341,12 +338,12 @@ def mps_suite(request: pytest.FixtureRequest, mps_suite_pipeline: Any) -> SuiteC
 
 def worker_reference_stats(config: pytest.Config) -> list[dict[str, Any]]:
     """The reference-store counts of the run's worker processes."""
-    state = config.stash.get(_STATE, None)
+    state = config.stash.get(SUITE_KEY, None)
     return list(state.pool.reference_stats.values()) if state is not None and state.pool is not None else []
 
 
 def close(config: pytest.Config) -> None:
     """Stop the spare worker at the end of the run."""
-    state = config.stash.get(_STATE, None)
+    state = config.stash.get(SUITE_KEY, None)
     if state is not None and state.pool is not None:
         state.pool.close()

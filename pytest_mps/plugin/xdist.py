@@ -99,15 +99,12 @@ class DeviceLock:
                         handle.close()
 
 
-_LOCK_KEY = LOCK_KEY
-
-
 def device_lock(config: pytest.Config) -> contextlib.AbstractContextManager[None]:
     """A context manager around work on the target device: in a pytest-xdist worker whose target is
     real MPS it waits for the device (``--mps-xdist-workers``); anywhere else it does nothing.
     Re-entrant: the plugin already holds it around every test that uses ``mps_pipeline``,
     ``mps_device`` or the ``mps`` marker, so a check calling it again inside such a test does not wait."""
-    lock = config.stash.get(_LOCK_KEY, None)
+    lock = config.stash.get(LOCK_KEY, None)
     if lock is None or not session_of(config).target.is_real_mps:
         return contextlib.nullcontext()
     return lock.hold()
@@ -137,7 +134,7 @@ def install_worker_lock(config: pytest.Config, session: MPSSession) -> None:
     worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
     index = int("".join(ch for ch in worker if ch.isdigit()) or 0)
     folder = given.get("locks")
-    config.stash[_LOCK_KEY] = DeviceLock(
+    config.stash[LOCK_KEY] = DeviceLock(
         Path(folder) if folder else lock_folder(config), slots=slots, slot=index
     )
     # Registered only here, in a worker with a lock: every other run pays nothing per test for it.
@@ -152,7 +149,7 @@ class LockHooks:
         self, item: pytest.Item, nextitem: pytest.Item | None
     ) -> Generator[None, Any, Any]:
         """Hold the device lock around tests that use the real MPS device in a pytest-xdist worker."""
-        lock = item.config.stash.get(_LOCK_KEY, None)
+        lock = item.config.stash.get(LOCK_KEY, None)
         if lock is not None and uses_device(item) and session_of(item.config).target.is_real_mps:
             with lock.hold():
                 return (yield)
