@@ -194,10 +194,12 @@ def _checked_by_worker(folder: Path, allow_pickle: bool, timeout: float | None) 
     return isinstance(got, dict) and got.get("valid") is True
 
 
-def _validate_paths(options: argparse.Namespace, paths: list[str], passthrough: list[str]) -> None:
-    """Refuse a folder that cannot be a safe, loadable pipeline: the quick checks here, the deep one
-    (every class resolved, every model built on the meta device against its weights) in the early
-    worker when there is one."""
+def _validate_paths(
+    options: argparse.Namespace, paths: list[str], passthrough: list[str], *, deep: bool
+) -> None:
+    """Refuse a folder that cannot be a safe, loadable pipeline: the quick checks (files, formats,
+    safetensors only), or with ``deep`` the deep one (every class resolved, every model built on the
+    meta device against its weights), in the early worker when there is one."""
     from pytest_mps.pipelines import PipelineLoadError, check_folder
 
     if not paths:
@@ -206,8 +208,9 @@ def _validate_paths(options: argparse.Namespace, paths: list[str], passthrough: 
     for path in paths:
         folder = Path(path).expanduser()
         try:
-            check_folder(folder, allow_pickle=options.allow_pickle)
-            if not _checked_by_worker(folder, options.allow_pickle, timeout):
+            if not deep:
+                check_folder(folder, allow_pickle=options.allow_pickle)
+            elif not _checked_by_worker(folder, options.allow_pickle, timeout):
                 check_folder(folder, allow_pickle=options.allow_pickle, verify_safetensors=True, deep=True)
         except PipelineLoadError as exc:
             hint = ""
@@ -321,8 +324,11 @@ def check(argv: Sequence[str]) -> int:
             from pytest_mps.isolation.worker_process import start_early_worker
 
             start_early_worker()
-        _validate_paths(options, paths, passthrough)
+        _validate_paths(options, paths, passthrough, deep=False)
+        # Before the deep check, which waits for the worker's imports: this process's own import of
+        # torch, where the device needs one (cuda, xpu), overlaps them.
         device = _resolve_device(options.device)
+        _validate_paths(options, paths, passthrough, deep=True)
     except _BadInput as exc:
         _discard_early_worker()
         print(f"pytest-mps check: error: {exc}", file=sys.stderr)

@@ -15,12 +15,15 @@ __all__ = [
     "inputs_fingerprint",
     "pipeline_fingerprint",
     "session_fingerprint",
+    "start_weights_digest",
     "tensor_state",
     "weights_digest",
 ]
 
 # module -> (state version, digest): hashing the weights of a real model costs a second, once.
 _DIGESTS: weakref.WeakKeyDictionary[Any, tuple[tuple[Any, ...], str]] = weakref.WeakKeyDictionary()
+# module -> the hash start_weights_digest began for it: (state version, digest), or None if it failed.
+_PENDING: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
 
 
 def tensor_state(module: Any, *, device: bool = False) -> tuple[Any, ...]:
@@ -62,27 +65,22 @@ def _tensor_digest(name: str, data: Any) -> bytes:
     return h.digest()
 
 
-def _module_digest(module: Any) -> str:
-    """A content hash of ``module``'s parameters and buffers (by name, dtype, shape and bytes), cached
-    until they change. Each tensor is hashed on its own, in a thread pool, and the module's digest
-    hashes their digests in order."""
+def _digest_of(tensors: list[tuple[str, Any]]) -> str:
+    """The digest of ``tensors`` (name, tensor) in order: each tensor hashed on its own, in a thread
+    pool, and their digests hashed in order. A tensor off the CPU is copied to it here, in the calling
+    thread, with at most ``_IN_FLIGHT_BYTES`` waiting for a hashing thread."""
     import os
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
     from pytest_mps.devices import plain_cpu
 
-    version = tensor_state(module)
-    cached = _DIGESTS.get(module)
-    if cached is not None and cached[0] == version:
-        return cached[1]
-    tensors = list(module.named_parameters()) + list(module.named_buffers())
     budget = threading.BoundedSemaphore(max(1, _IN_FLIGHT_BYTES >> 20))
     workers = max(1, min(8, os.cpu_count() or 1))
 
     def job(name: str, data: Any, units: int) -> bytes:
         try:
-            return _tensor_digest(name, data)
+            return _tensor_digest(name, data.contiguous())
         finally:
             for _ in range(units):
                 budget.release()
@@ -90,7 +88,7 @@ def _module_digest(module: Any) -> str:
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pytest-mps-digest") as pool:
         futures = []
         for name, tensor in tensors:
-            data = plain_cpu(tensor.detach().to("cpu")).contiguous()
+            data = plain_cpu(tensor.detach().to("cpu"))
             units = min(max(1, _IN_FLIGHT_BYTES >> 20), max(1, (data.numel() * data.element_size()) >> 20))
             for _ in range(units):
                 budget.acquire()
@@ -98,9 +96,61 @@ def _module_digest(module: Any) -> str:
         h = hashlib.blake2b(b"per-tensor-1", digest_size=16)
         for future in futures:
             h.update(future.result())
-    digest = h.hexdigest()
+    return h.hexdigest()
+
+
+def _named_tensors(module: Any) -> list[tuple[str, Any]]:
+    return list(module.named_parameters()) + list(module.named_buffers())
+
+
+def _module_digest(module: Any) -> str:
+    """A content hash of ``module``'s parameters and buffers (by name, dtype, shape and bytes), cached
+    until they change (a hash :func:`start_weights_digest` began is waited for and used when the
+    tensors have not changed since)."""
+    version = tensor_state(module)
+    pending = _PENDING.pop(module, None)
+    if pending is not None:
+        begun = pending.result()
+        if begun is not None:
+            _DIGESTS[module] = begun
+    cached = _DIGESTS.get(module)
+    if cached is not None and cached[0] == version:
+        return cached[1]
+    digest = _digest_of(_named_tensors(module))
     _DIGESTS[module] = (version, digest)
     return digest
+
+
+def start_weights_digest(pipe: Any) -> None:
+    """Begin hashing the weights of ``pipe``'s modules that are on the CPU now, in a background thread,
+    from their current storage: called just before a pipeline loaded on the CPU moves to its device,
+    the hash reads the CPU tensors (nothing is copied back from the device) while the move runs.
+    :func:`weights_digest` waits for it and uses it if the weights did not change in between."""
+    import threading
+    from concurrent.futures import Future
+
+    import torch
+
+    jobs: list[tuple[Any, tuple[Any, ...], list[tuple[str, Any]], Future[Any]]] = []
+    for _, component in sorted(getattr(pipe, "components", {}).items()):
+        if not isinstance(component, torch.nn.Module) or component in _PENDING:
+            continue
+        tensors = [(name, t.detach()) for name, t in _named_tensors(component)]  # aliases, not copies
+        if any(t.device.type != "cpu" for _, t in tensors):
+            continue
+        future: Future[Any] = Future()
+        _PENDING[component] = future
+        jobs.append((component, tensor_state(component), tensors, future))
+
+    def run() -> None:
+        for _, version, tensors, future in jobs:
+            try:
+                future.set_result((version, _digest_of(tensors)))
+            except BaseException:  # the digest is then computed when it is needed
+                future.set_result(None)
+
+    if jobs:
+        threading.Thread(target=run, name="pytest-mps-weights-digest", daemon=True).start()
 
 
 def weights_digest(pipe: Any) -> str:

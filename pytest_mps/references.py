@@ -67,6 +67,11 @@ class ReferenceCache:
             self._store = make()
         return self._store
 
+    @property
+    def has_store(self) -> bool:
+        """Whether a persistent store is plugged in (built or deferred), without building it."""
+        return self._store is not None or self._make_store is not None
+
     @store.setter
     def store(self, value: object | None) -> None:
         self._store, self._make_store = value, None

@@ -250,7 +250,9 @@ def moved(pipe: Any, device: Any = None, dtype: torch.dtype | None = None) -> It
     """Move ``pipe`` to ``device``/``dtype`` for the ``with`` block, then back.
 
     Moving between devices is lossless. A dtype change is not (float32 -> float16 -> float32 rounds
-    the weights), so every parameter and buffer is kept on the CPU and put back exactly afterwards.
+    the weights), so the original tensors are kept, untouched, and put back afterwards: the same
+    storage, so exact and with nothing copied. Only on a CUDA or XPU device without room for the
+    converted copy next to them are they copied to the CPU instead (and copied back).
     """
     original_device = pipe.device
     if (device is None or _same_device(original_device, device)) and (dtype is None or pipe.dtype == dtype):
@@ -265,12 +267,16 @@ def moved(pipe: Any, device: Any = None, dtype: torch.dtype | None = None) -> It
         finally:
             _move_modules(pipe, original_device)
         return
-    saved = _snapshot_tensors(pipe)
+    kept = _room_for_copy(pipe, device or original_device, dtype)
+    saved = _kept_tensors(pipe) if kept else _snapshot_tensors(pipe)
     try:
         pipe.to(**{k: v for k, v in (("device", device), ("dtype", dtype)) if v is not None})
         yield pipe
     finally:
-        _restore_tensors(pipe, saved, original_device)
+        if kept:
+            _put_back(pipe, saved)
+        else:
+            _restore_tensors(pipe, saved, original_device)
 
 
 def _move_modules(pipe: Any, device: Any) -> None:
@@ -298,6 +304,61 @@ def _tensors(module: Any) -> Iterator[tuple[tuple[int, str, str], Any, Any]]:
             for key, tensor in getattr(sub, store).items():
                 if tensor is not None:
                     yield (id(sub), store, key), sub, tensor
+
+
+#: Device memory a converted copy leaves free at least, beyond the copy itself (bytes).
+_COPY_MARGIN = 1 << 30
+
+
+def _room_for_copy(pipe: Any, device: Any, dtype: torch.dtype | None) -> bool:
+    """Whether the converted copy of the weights can sit next to the originals: always on the CPU and
+    on MPS (one memory: a CPU snapshot would take the same room) and for any device the weights leave
+    (the originals stay where they are); on a CUDA or XPU device, when its free memory holds the copy."""
+    import torch
+
+    wanted = torch.device(device)
+    if wanted.type not in ("cuda", "xpu"):
+        return True
+    backend = getattr(torch, wanted.type, None)
+    mem_get_info = getattr(backend, "mem_get_info", None)
+    if mem_get_info is None:
+        return False
+    itemsize = (torch.empty((), dtype=dtype).element_size()) if dtype is not None else None
+    needed = 0
+    for module in _modules(pipe).values():
+        for _, _, tensor in _tensors(module):
+            size = itemsize if itemsize is not None and tensor.is_floating_point() else tensor.element_size()
+            needed += tensor.numel() * size
+    try:
+        free, _total = mem_get_info(wanted)
+    except Exception:  # a backend that cannot say: the safe way
+        return False
+    return int(free) >= needed + _COPY_MARGIN
+
+
+def _kept_tensors(pipe: Any) -> dict[tuple[int, str, str], Any]:
+    """Every parameter's data (an alias of its storage, not a copy) and every buffer itself."""
+    return {
+        slot: tensor.data if slot[1] == "_parameters" else tensor
+        for module in _modules(pipe).values()
+        for slot, _, tensor in _tensors(module)
+    }
+
+
+def _put_back(pipe: Any, kept: dict[tuple[int, str, str], Any]) -> None:
+    """Give every parameter its kept storage and every module its kept buffer again."""
+    import torch
+
+    with torch.no_grad():
+        for module in _modules(pipe).values():
+            for slot, sub, tensor in list(_tensors(module)):
+                original = kept.get(slot)
+                if original is None:
+                    continue
+                if slot[1] == "_parameters":
+                    tensor.data = original
+                else:
+                    sub._buffers[slot[2]] = original
 
 
 def _snapshot_tensors(pipe: Any) -> dict[tuple[int, str, str], Any]:

@@ -62,6 +62,12 @@ class Target:
         return self.name in ("mps", "emulated")
 
     @property
+    def computes_on_cpu(self) -> bool:
+        """True when the target's arithmetic runs on this machine's CPU (``cpu``, the emulation): work
+        started beside it in other threads competes with it."""
+        return self.name in ("cpu", "emulated")
+
+    @property
     def is_standin(self) -> bool:
         """True for every available target that is not real MPS."""
         return self.available and not self.is_real_mps

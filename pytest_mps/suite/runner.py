@@ -161,6 +161,7 @@ def load_for_suite(
     move to the target fails on the target (a float64 buffer under the emulated device, say)."""
     from pytest_mps.identity import name_pipeline
     from pytest_mps.input_spec import InputSpec
+    from pytest_mps.keys import start_weights_digest
     from pytest_mps.pipelines import PipelineLoadError, load_pipeline, prepare_pipeline
     from pytest_mps.references import ReferenceCache
     from pytest_mps.results import CheckResult
@@ -188,6 +189,10 @@ def load_for_suite(
                     pipe = prepare_pipeline(load_pipeline(spec.path, allow_pickle=settings.allow_pickle))
                     name_pipeline(pipe, label=spec.label)
                     result.pipeline_class = type(pipe).__name__
+                    if references.has_store and not target.computes_on_cpu:
+                        # Stored references are keyed by the weights: hashed from the CPU copy, while
+                        # the move runs and the device's first calls leave the CPU idle.
+                        start_weights_digest(pipe)
                     stage = "move"
                     pipe.to(target.torch_device())
                     target.synchronize()
