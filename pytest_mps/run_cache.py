@@ -283,18 +283,25 @@ def cpu_where() -> str:
 
 
 def timed_cpu_reference(
-    pipe: Any, call: dict[str, Any], ctx: CheckContext, compute: Callable[[], Run]
+    pipe: Any,
+    call: dict[str, Any],
+    ctx: CheckContext,
+    compute: Callable[[], Run],
+    *,
+    state: str | None = None,
 ) -> Callable[[], Run]:
     """Wrap a CPU reference's ``compute`` (run with ``pipe`` on the CPU, in its own dtype) so its
-    timing is noted, warm or cold, for the speed check. The state is read before the pipeline moves."""
+    timing is noted, warm or cold, for the speed check. The state is read before the pipeline moves;
+    ``state``: :func:`pipeline_state` already read by the caller just before (not read again)."""
     cache = runs_of(ctx)
 
     def timed() -> Run:
-        state, inputs = pipeline_state(pipe), inputs_key(call)  # before compute() moves the pipeline
+        # before compute() moves the pipeline
+        state_now, inputs = state if state is not None else pipeline_state(pipe), inputs_key(call)
         warm = cache.is_warm(pipe, "cpu", call)
         run = compute()
         cache.mark_warm(pipe, "cpu", call)
-        cache.note(state, inputs, cpu_where(), Timing(run.seconds, warm))
+        cache.note(state_now, inputs, cpu_where(), Timing(run.seconds, warm))
         return run
 
     return timed

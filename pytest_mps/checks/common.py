@@ -197,8 +197,9 @@ def cpu_reference(
     run_dtype = dtype or (first.dtype if first is not None else None)
     # A stored reference needs a content key (weights hashed, once per state); a session-only cache
     # does with a key valid in this process that reads no more than a sample of the weights.
+    state = None if store is not None else pipeline_state(pipe)
     key = ReferenceKey(
-        pipeline=pipeline_fingerprint(pipe) if store is not None else pipeline_state(pipe),
+        pipeline=pipeline_fingerprint(pipe) if state is None else state,
         inputs=inputs_fingerprint(inputs),
         dtype=_dtype_name(run_dtype),
         output_type=str(inputs.get("output_type", "default")),
@@ -212,7 +213,8 @@ def cpu_reference(
             return run_pipeline(pipe, inputs)
 
     return cache.get_or_compute(
-        key, compute if convert is not None else timed_cpu_reference(pipe, inputs, ctx, compute)
+        key,
+        compute if convert is not None else timed_cpu_reference(pipe, inputs, ctx, compute, state=state),
     )
 
 
