@@ -13,6 +13,7 @@ __all__ = [
     "BOOKKEEPING_CONFIG_KEYS",
     "canonical_config",
     "inputs_fingerprint",
+    "named_modules",
     "pipeline_fingerprint",
     "session_fingerprint",
     "start_weights_digest",
@@ -26,19 +27,59 @@ _DIGESTS: weakref.WeakKeyDictionary[Any, tuple[tuple[Any, ...], str]] = weakref.
 _PENDING: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
 
 
-def tensor_state(module: Any, *, device: bool = False) -> tuple[Any, ...]:
+def named_modules(root: Any) -> list[tuple[str, Any]]:
+    """``list(root.named_modules())``: the same names in the same order (pre-order, each module once),
+    built without its generator recursion, which costs more than everything else in a key read
+    before every run."""
+    out: list[tuple[str, Any]] = []
+    seen: set[int] = set()
+    stack: list[tuple[str, Any]] = [("", root)]
+    while stack:
+        prefix, module = stack.pop()
+        if id(module) in seen:
+            continue
+        seen.add(id(module))
+        out.append((prefix, module))
+        children = [
+            (f"{prefix}.{name}" if prefix else name, child)
+            for name, child in module._modules.items()
+            if child is not None
+        ]
+        stack.extend(reversed(children))
+    return out
+
+
+def _named_members(walked: list[tuple[str, Any]], store: str) -> list[tuple[str, Any]]:
+    """``named_parameters()`` (``store="_parameters"``) or ``named_buffers()`` (``"_buffers"``) of the
+    module ``walked`` came from (:func:`named_modules`): each tensor once, under its first name."""
+    out: list[tuple[str, Any]] = []
+    seen: set[int] = set()
+    for prefix, module in walked:
+        for key, tensor in getattr(module, store).items():
+            if tensor is None or id(tensor) in seen:
+                continue
+            seen.add(id(tensor))
+            out.append((f"{prefix}.{key}" if prefix else key, tensor))
+    return out
+
+
+def tensor_state(
+    module: Any, *, device: bool = False, walked: list[tuple[str, Any]] | None = None
+) -> tuple[Any, ...]:
     """A cheap fingerprint of a module's tensors that changes when they are converted or edited.
 
     Parameters keep their version counter across device moves (torch bumps it on every in-place
     change), so it is part of the fingerprint. Buffers are replaced by new tensors on every move,
-    which restarts their counter: their (small) contents are hashed instead.
+    which restarts their counter: their (small) contents are hashed instead. ``walked``: the
+    module's :func:`named_modules`, when the caller has it.
     """
     from pytest_mps.devices import plain_cpu
 
+    walked = named_modules(module) if walked is None else walked
     state: list[Any] = []
-    for name, t in module.named_parameters():
+    for name, t in _named_members(walked, "_parameters"):
         state.append((name, str(t.dtype), tuple(t.shape), t._version, str(t.device) if device else ""))
-    for name, t in module.named_buffers():
+    for name, t in _named_members(walked, "_buffers"):
         entry: tuple[Any, ...] = (name, str(t.dtype), tuple(t.shape), str(t.device) if device else "")
         if t.numel() <= 1 << 20:
             data = plain_cpu(t.detach().to("cpu")).contiguous()
@@ -249,13 +290,14 @@ def _config_dict(component: Any) -> Any:
     return out
 
 
-def behaviour_state(module: Any) -> list[Any]:
+def behaviour_state(module: Any, *, walked: list[tuple[str, Any]] | None = None) -> list[Any]:
     """What changes a module's output besides its weights: forward hooks and pre-hooks, attention
     processors, and ``forward`` methods replaced on the instance. Hooks and replaced methods are named
     by object identity, so a reference computed with a hook is never reused without it (nor across
-    sessions, where identities differ)."""
+    sessions, where identities differ). ``walked``: the module's :func:`named_modules`, when the caller
+    has it."""
     state: list[Any] = []
-    for path, sub in module.named_modules():
+    for path, sub in named_modules(module) if walked is None else walked:
         entry: list[Any] = []
         for kind in ("_forward_hooks", "_forward_pre_hooks"):
             hooks = getattr(sub, kind, None)
@@ -301,18 +343,28 @@ def _token(module: Any) -> str:
     return token
 
 
-def session_fingerprint(pipe: Any) -> str:
+def session_fingerprint(pipe: Any, *, walks: dict[str, list[tuple[str, Any]]] | None = None) -> str:
     """A key that is valid within this process only: each module's identity (a token that is never
     reused), its tensor state (conversions, in-place edits) and behaviour (hooks, processors), and the
     scheduler's class and config. It reads no weights, so it costs microseconds where
     :func:`pipeline_fingerprint` hashes every weight (seconds on a real model); it serves when no
-    reference is stored on disk."""
+    reference is stored on disk. ``walks``: each module component's :func:`named_modules` by
+    component name, when the caller has them."""
     import torch
 
     parts: list[Any] = [type(pipe).__name__]
     for name, component in sorted(getattr(pipe, "components", {}).items()):
         if isinstance(component, torch.nn.Module):
-            parts.append((name, _token(component), tensor_state(component), behaviour_state(component)))
+            walked = walks.get(name) if walks is not None else None
+            walked = named_modules(component) if walked is None else walked
+            parts.append(
+                (
+                    name,
+                    _token(component),
+                    tensor_state(component, walked=walked),
+                    behaviour_state(component, walked=walked),
+                )
+            )
         elif name == "scheduler" and component is not None:
             parts.append((name, type(component).__name__, _config_dict(component)))
         else:

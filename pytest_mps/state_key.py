@@ -64,23 +64,6 @@ def _resolved(cls: type, name: str) -> Any:
     return next((k.__dict__[name] for k in cls.__mro__ if name in k.__dict__), None)
 
 
-def _walk(root: Any) -> list[Any]:
-    """``root.modules()`` in the same order (pre-order, each module once), without the generator
-    recursion and name building of ``named_modules``: the key is read before every run."""
-    out: list[Any] = []
-    seen: set[int] = set()
-    stack = [root]
-    while stack:
-        module = stack.pop()
-        if id(module) in seen:
-            continue
-        seen.add(id(module))
-        out.append(module)
-        children = [child for child in module._modules.values() if child is not None]
-        stack.extend(reversed(children))
-    return out
-
-
 def _no_torch_function() -> Any:
     """A context in which torch ops skip ``__torch_function__`` handling (the emulated device's mode
     among it): the key's own reads of plain CPU tensors need none of it."""
@@ -92,7 +75,9 @@ def _no_torch_function() -> Any:
     return disable() if disable is not None else contextlib.nullcontext()
 
 
-def _extras(modules: list[tuple[str, Any]]) -> tuple[list[Any], str]:
+def _extras(
+    modules: list[tuple[str, Any]], walks: dict[str, list[tuple[str, Any]]]
+) -> tuple[list[Any], str]:
     """What :func:`pytest_mps.keys.session_fingerprint` does not see, in one walk over the modules:
 
     - every module's plain attributes (numbers, strings, flags such as ``use_slicing`` or FreeU's
@@ -114,7 +99,7 @@ def _extras(modules: list[tuple[str, Any]]) -> tuple[list[Any], str]:
     readable = True
     with torch.no_grad():
         for name, component in modules:
-            for index, sub in enumerate(_walk(component)):
+            for index, (_, sub) in enumerate(walks[name]):
                 plain = [(k, v) for k, v in sub.__dict__.items() if k not in internals and _plain(v)]
                 if plain:
                     attributes.append((name, index, plain))
@@ -158,11 +143,13 @@ def _extras(modules: list[tuple[str, Any]]) -> tuple[list[Any], str]:
 def pipeline_state(pipe: Any) -> str:
     """A key for the pipeline's state within this process (see the module docstring): changes when its
     weights, dtype, hooks, processors, attributes, module code or scheduler change."""
-    from pytest_mps.keys import session_fingerprint
+    from pytest_mps.keys import named_modules, session_fingerprint
 
     with _no_torch_function():
-        attributes, sample = _extras(_modules(pipe))
-        session = session_fingerprint(pipe)
+        modules = _modules(pipe)
+        walks = {name: named_modules(component) for name, component in modules}  # one walk each
+        attributes, sample = _extras(modules, walks)
+        session = session_fingerprint(pipe, walks=walks)
     text = json.dumps([session, attributes, sample], default=repr)
     return "state:" + hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
 
