@@ -75,9 +75,7 @@ def _no_torch_function() -> Any:
     return disable() if disable is not None else contextlib.nullcontext()
 
 
-def _extras(
-    modules: list[tuple[str, Any]], walks: dict[str, list[tuple[str, Any]]]
-) -> tuple[list[Any], str]:
+def _extras(modules: list[tuple[str, Any]], walks: dict[str, list[tuple[str, Any]]]) -> tuple[list[Any], str]:
     """What :func:`pytest_mps.keys.session_fingerprint` does not see, in one walk over the modules:
 
     - every module's plain attributes (numbers, strings, flags such as ``use_slicing`` or FreeU's
@@ -98,7 +96,7 @@ def _extras(
     plain_types = (torch.Tensor, torch.nn.Parameter)
     readable = True
     with torch.no_grad():
-        for name, component in modules:
+        for name, _ in modules:
             for index, (_, sub) in enumerate(walks[name]):
                 plain = [(k, v) for k, v in sub.__dict__.items() if k not in internals and _plain(v)]
                 if plain:
