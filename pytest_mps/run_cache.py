@@ -296,8 +296,8 @@ def timed_cpu_reference(
     cache = runs_of(ctx)
 
     def timed() -> Run:
-        # before compute() moves the pipeline
-        state_now, inputs = state if state is not None else pipeline_state(pipe), inputs_key(call)
+        state_now = state if state is not None else pipeline_state(pipe)  # before compute() moves it
+        inputs = inputs_key(call)
         warm = cache.is_warm(pipe, "cpu", call)
         run = compute()
         cache.mark_warm(pipe, "cpu", call)
