@@ -273,10 +273,7 @@ def moved(pipe: Any, device: Any = None, dtype: torch.dtype | None = None) -> It
         pipe.to(**{k: v for k, v in (("device", device), ("dtype", dtype)) if v is not None})
         yield pipe
     finally:
-        if kept:
-            _put_back(pipe, saved)
-        else:
-            _restore_tensors(pipe, saved, original_device)
+        _put_back(pipe, saved, None if kept else original_device)
 
 
 def _move_modules(pipe: Any, device: Any) -> None:
@@ -345,20 +342,25 @@ def _kept_tensors(pipe: Any) -> dict[tuple[int, str, str], Any]:
     }
 
 
-def _put_back(pipe: Any, kept: dict[tuple[int, str, str], Any]) -> None:
-    """Give every parameter its kept storage and every module its kept buffer again."""
+def _put_back(pipe: Any, saved: dict[tuple[int, str, str], Any], device: Any = None) -> None:
+    """Give every parameter its saved storage and every module its saved buffer again: the kept
+    tensors themselves (``device`` None), or CPU copies moved to ``device``."""
     import torch
 
     with torch.no_grad():
         for module in _modules(pipe).values():
             for slot, sub, tensor in list(_tensors(module)):
-                original = kept.get(slot)
+                original = saved.get(slot)
                 if original is None:
                     continue
+                if device is not None:
+                    original = original.to(device)
                 if slot[1] == "_parameters":
                     tensor.data = original
                 else:
                     sub._buffers[slot[2]] = original
+    if device is not None:
+        pipe.to(device)
 
 
 def _snapshot_tensors(pipe: Any) -> dict[tuple[int, str, str], Any]:
@@ -369,19 +371,3 @@ def _snapshot_tensors(pipe: Any) -> dict[tuple[int, str, str], Any]:
         for module in _modules(pipe).values()
         for slot, _, tensor in _tensors(module)
     }
-
-
-def _restore_tensors(pipe: Any, saved: dict[tuple[int, str, str], Any], device: Any) -> None:
-    import torch
-
-    with torch.no_grad():
-        for module in _modules(pipe).values():
-            for slot, sub, tensor in list(_tensors(module)):
-                original = saved.get(slot)
-                if original is None:
-                    continue
-                if slot[1] == "_parameters":
-                    tensor.data = original.to(device)
-                else:
-                    sub._buffers[slot[2]] = original.to(device)
-    pipe.to(device)
