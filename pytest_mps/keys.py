@@ -140,15 +140,18 @@ def _digest_of(tensors: list[tuple[str, Any]]) -> str:
     return h.hexdigest()
 
 
-def _named_tensors(module: Any) -> list[tuple[str, Any]]:
-    return list(module.named_parameters()) + list(module.named_buffers())
+def _named_tensors(module: Any, walked: list[tuple[str, Any]] | None = None) -> list[tuple[str, Any]]:
+    """``module``'s named parameters, then its named buffers (:func:`named_modules`' walk)."""
+    walked = named_modules(module) if walked is None else walked
+    return _named_members(walked, "_parameters") + _named_members(walked, "_buffers")
 
 
 def _module_digest(module: Any) -> str:
     """A content hash of ``module``'s parameters and buffers (by name, dtype, shape and bytes), cached
     until they change (a hash :func:`start_weights_digest` began is waited for and used when the
     tensors have not changed since)."""
-    version = tensor_state(module)
+    walked = named_modules(module)
+    version = tensor_state(module, walked=walked)
     pending = _PENDING.pop(module, None)
     if pending is not None:
         begun = pending.result()
@@ -157,7 +160,7 @@ def _module_digest(module: Any) -> str:
     cached = _DIGESTS.get(module)
     if cached is not None and cached[0] == version:
         return cached[1]
-    digest = _digest_of(_named_tensors(module))
+    digest = _digest_of(_named_tensors(module, walked))
     _DIGESTS[module] = (version, digest)
     return digest
 
@@ -176,12 +179,13 @@ def start_weights_digest(pipe: Any) -> None:
     for _, component in sorted(getattr(pipe, "components", {}).items()):
         if not isinstance(component, torch.nn.Module) or component in _PENDING:
             continue
-        tensors = [(name, t.detach()) for name, t in _named_tensors(component)]  # aliases, not copies
+        walked = named_modules(component)
+        tensors = [(name, t.detach()) for name, t in _named_tensors(component, walked)]  # aliases
         if any(t.device.type != "cpu" for _, t in tensors):
             continue
         future: Future[Any] = Future()
         _PENDING[component] = future
-        jobs.append((component, tensor_state(component), tensors, future))
+        jobs.append((component, tensor_state(component, walked=walked), tensors, future))
 
     def run() -> None:
         for _, version, tensors, future in jobs:
